@@ -1,0 +1,177 @@
+"""Evaluate one arm on one lm-eval task and write fixed-name outputs with per-example records.
+
+Every call into lm-eval goes through `run_lm_eval`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .provenance import device_info, package_versions, write_json
+
+log = logging.getLogger(__name__)
+
+
+def batch_size_for(task_spec: dict[str, Any], baseline_eval: Path | str | None) -> int | str:
+    """The batch size an arm runs a task with.
+
+    An integer is used as given. With "auto", the baseline arm (given no `baseline_eval`) lets
+    lm-eval find the largest batch that fits, and every other arm reads that number from the
+    baseline's results: arms of one comparison must run with the same batch size, since padding
+    moves lm-eval's scores.
+    """
+    size = task_spec.get("batch_size", "auto")
+    if size != "auto":
+        return int(size)
+    if baseline_eval is None:
+        return "auto"
+    return int(json.loads(Path(baseline_eval).read_text())["batch_size_used"])
+
+
+def load_model(model_dir: Path | str, device: str):
+    """The saved arm and its tokenizer, ready for evaluation (quantization config from the dir)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map=device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer
+
+
+def run_lm_eval(
+    model,
+    tokenizer,
+    task: str,
+    task_spec: dict[str, Any],
+    batch_size: int | str,
+    include_path: str | None,
+    max_batch_size: int = 64,
+    max_length: int | None = None,
+) -> tuple[dict[str, Any], int]:
+    """The one call into lm-eval: returns its results dict and the batch size actually used."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        max_batch_size=max_batch_size,
+        max_length=max_length,
+    )
+    detected: list[int] = []
+    if batch_size == "auto":
+        # lm-eval keeps a detected size for generation tasks in a local variable only: record it.
+        detect = lm._detect_batch_size
+
+        def recording(*args, **kwargs):
+            size = detect(*args, **kwargs)
+            detected.append(int(size))
+            return size
+
+        lm._detect_batch_size = recording
+    seed = int(task_spec.get("seed", 1234))
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task],
+        num_fewshot=task_spec.get("num_fewshot"),
+        limit=task_spec.get("limit"),
+        log_samples=True,
+        apply_chat_template=bool(task_spec.get("apply_chat_template", False)),
+        gen_kwargs=task_spec.get("gen_kwargs"),
+        task_manager=TaskManager(include_path=include_path) if include_path else TaskManager(),
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        bootstrap_iters=1000,
+    )
+    if results is None:
+        raise RuntimeError(f"lm-eval returned no results for task {task!r}")
+    used = min(detected) if detected else int(batch_size) if batch_size != "auto" else max_batch_size
+    return results, used
+
+
+def _jsonable(obj: Any) -> Any:
+    """lm-eval's results hold functions and numpy values: make them plain JSON."""
+    from lm_eval.utils import handle_non_serializable
+
+    return json.loads(json.dumps(obj, default=handle_non_serializable))
+
+
+def sample_records(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per evaluated example: task (subtask for groups), ids, target, response, metrics."""
+    records = []
+    for subtask, samples in sorted(results.get("samples", {}).items()):
+        metrics = [m for m in results["results"].get(subtask, {}) if "," in m and "stderr" not in m]
+        names = sorted({m.split(",")[0] for m in metrics})
+        for s in samples:
+            resps = s.get("filtered_resps", s.get("resps"))
+            records.append(
+                {
+                    "task": subtask,
+                    "doc_id": s["doc_id"],
+                    "doc_hash": s.get("doc_hash"),
+                    "prompt_hash": s.get("prompt_hash"),
+                    "target_hash": s.get("target_hash"),
+                    "target": s.get("target"),
+                    "response": resps,
+                    "metrics": {k: s[k] for k in names if k in s},
+                }
+            )
+    return _jsonable(records)
+
+
+def evaluate(
+    model_dir: Path | str,
+    arm: str,
+    task: str,
+    task_spec: dict[str, Any],
+    batch_size: int | str,
+    include_path: str | None,
+    out_json: Path | str,
+    out_samples: Path | str,
+    device: str | None = None,
+    max_batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved arm on one task; write `{task}.json` and `{task}.samples.jsonl`."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    model, tokenizer = load_model(model_dir, device)
+    results, used = run_lm_eval(
+        model, tokenizer, task, task_spec, batch_size, include_path, max_batch_size, max_length
+    )
+    seconds = time.perf_counter() - start
+    records = sample_records(results)
+    out_samples = Path(out_samples)
+    out_samples.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_samples, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    summary = {
+        "arm": arm,
+        "task": task,
+        "task_spec": task_spec,
+        "batch_size_requested": batch_size,
+        "batch_size_used": used,
+        "n_samples": len(records),
+        "seconds": seconds,
+        "results": _jsonable(results["results"]),
+        "groups": _jsonable(results.get("groups", {})),
+        "group_subtasks": _jsonable(results.get("group_subtasks", {})),
+        "higher_is_better": _jsonable(results.get("higher_is_better", {})),
+        "n-samples": _jsonable(results.get("n-samples", {})),
+        "versions": _jsonable(results.get("versions", {})),
+        "configs": _jsonable(results.get("configs", {})),
+        "device": device_info() | {"used": device},
+        "packages": package_versions(),
+    }
+    write_json(out_json, summary)
+    return summary

@@ -1,0 +1,381 @@
+"""Build one arm from the prepared source model, save it, reload it and check it is what it claims.
+
+One function per method; every call into llm-compressor goes through `_llmcompressor_oneshot`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arms import DTYPES, STORAGE, Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+from .provenance import (
+    device_info,
+    dir_weight_files,
+    disk_bytes,
+    package_versions,
+    sha256_files,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+# Tokens of the fixed probe that checks a reloaded arm against the model that was saved.
+PROBE_TEXT = "The capital of France is Paris. The capital of Italy is"
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def memory_bytes(model: torch.nn.Module) -> dict[str, int]:
+    """Bytes the model holds in memory: parameters, buffers, and bitsandbytes 4-bit quant states."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    quant_state = 0
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is None:
+            continue
+        for tensor in _quant_state_tensors(state):
+            quant_state += tensor.numel() * tensor.element_size()
+    return {
+        "parameters": params,
+        "buffers": buffers,
+        "quant_state": quant_state,
+        "total": params + buffers + quant_state,
+    }
+
+
+def _quant_state_tensors(state) -> list[torch.Tensor]:
+    out = [t for t in (getattr(state, "absmax", None), getattr(state, "code", None)) if t is not None]
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        out += _quant_state_tensors(nested)
+    offset = getattr(state, "offset", None)
+    if isinstance(offset, torch.Tensor):
+        out.append(offset)
+    return out
+
+
+def linear_names(model: torch.nn.Module) -> list[str]:
+    """Names of the nn.Linear modules, as quantizers see them."""
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == s or name.endswith("." + s) or name.split(".")[-1] == s for s in skip)
+
+
+@torch.inference_mode()
+def probe_logits(model, tokenizer) -> torch.Tensor:
+    """Last-position logits of the fixed probe text, as float32 on the CPU."""
+    device = next(model.parameters()).device
+    ids = tokenizer(PROBE_TEXT, return_tensors="pt").input_ids.to(device)
+    return model(ids).logits[0, -1].float().cpu()
+
+
+# --- methods -----------------------------------------------------------------------------
+
+
+def quantize_baseline(arm: BaselineArm, source: Path, device: str):
+    """The source weights in the arm's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, dtype=arm.torch_dtype, device_map=device)
+
+
+def bnb_config(arm: BnbInt8Arm | Bnb4bitArm):
+    """The transformers BitsAndBytesConfig for a bitsandbytes arm."""
+    from transformers import BitsAndBytesConfig
+
+    if isinstance(arm, BnbInt8Arm):
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_threshold=arm.threshold,
+            llm_int8_skip_modules=list(arm.skip_modules),
+        )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=arm.quant_type,
+        bnb_4bit_use_double_quant=arm.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[arm.compute_dtype],
+        bnb_4bit_quant_storage=STORAGE[arm.quant_storage],
+        llm_int8_skip_modules=list(arm.skip_modules),
+    )
+
+
+def quantize_bnb(arm: BnbInt8Arm | Bnb4bitArm, source: Path, device: str):
+    """LLM.int8 or NF4/FP4: bitsandbytes quantizes the weights while loading them."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        source, dtype=arm.torch_dtype, quantization_config=bnb_config(arm), device_map=device
+    )
+
+
+def calibration_texts(arm: LlmCompressorArm, root: Path | str = ".") -> list[str]:
+    """The calibration samples: `num_samples` non-empty texts chosen with the arm's seed."""
+    calib = arm.calibration
+    if calib.path:
+        path = Path(calib.path)
+        path = path if path.is_absolute() else Path(root) / path
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            texts = [str(r[calib.text_field]) for r in rows]
+        else:
+            texts = path.read_text().splitlines()
+    else:
+        import datasets
+
+        ds = datasets.load_dataset(calib.dataset, calib.config_name, split=calib.split)
+        texts = [str(t) for t in ds[calib.text_field]]
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f"arms.{arm.name}.calibration: no non-empty text found")
+    rng = random.Random(calib.seed)
+    rng.shuffle(texts)
+    return texts[: calib.num_samples]
+
+
+def _no_pinning_without_accelerator():
+    """llm-compressor 0.14 pins cached activations, which fails where no accelerator exists.
+
+    Pinning only speeds host-to-device copies, so without a GPU it is skipped; with one, nothing
+    changes.
+    """
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from unittest import mock
+
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    return mock.patch.object(IntermediatesCache, "_pin_intermediate", classmethod(lambda c, v: None))
+
+
+def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[str]) -> None:
+    """The one place that calls llm-compressor: GPTQ or AWQ (+ round-to-group) in place."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+
+    scheme = QuantizationScheme(
+        targets=["Linear"],
+        weights=QuantizationArgs(
+            num_bits=arm.bits,
+            type="int",
+            symmetric=arm.symmetric,
+            strategy="group",
+            group_size=arm.group_size,
+        ),
+    )
+    groups = {"group_0": scheme}
+    if arm.method == "gptq":
+        recipe = [
+            GPTQModifier(config_groups=groups, ignore=list(arm.ignore), dampening_frac=arm.dampening_frac)
+        ]
+    else:
+        recipe = [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=list(arm.ignore))]
+    seq_len = arm.calibration.seq_len
+    encoded = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=False)
+    dataset = Dataset.from_dict(
+        {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    )
+    with _no_pinning_without_accelerator():
+        oneshot(
+            model=model,
+            tokenizer=tokenizer,
+            dataset=dataset,
+            recipe=recipe,
+            max_seq_length=seq_len,
+            num_calibration_samples=len(texts),
+            shuffle_calibration_samples=False,
+        )
+
+
+def quantize_llmcompressor(arm: LlmCompressorArm, source: Path, device: str, root: Path | str = "."):
+    """GPTQ or AWQ with calibration data, by llm-compressor."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(arm.calibration.seed)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=arm.torch_dtype, device_map=device)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    texts = calibration_texts(arm, root)
+    _llmcompressor_oneshot(model, tokenizer, arm, texts)
+    return model
+
+
+# --- verification --------------------------------------------------------------------------
+
+
+def _safetensors_dtypes(directory: Path) -> dict[str, tuple[str, list[int]]]:
+    from safetensors import safe_open
+
+    out = {}
+    for f in dir_weight_files(directory):
+        if f.suffix != ".safetensors":
+            continue
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                sl = st.get_slice(key)
+                out[key] = (sl.get_dtype(), list(sl.get_shape()))
+    return out
+
+
+def verify_arm(arm: Arm, model, directory: Path, source_linears: list[str]) -> dict[str, Any]:
+    """Check that the reloaded arm really is what it claims; raise AssertionError when not.
+
+    Returns the facts checked (module counts, stored dtypes), for quantize.json.
+    """
+    config = json.loads((directory / "config.json").read_text())
+    qconf = config.get("quantization_config")
+    stored = _safetensors_dtypes(directory)
+    expected = [n for n in source_linears if not _skipped(n, getattr(arm, "skip_modules", ()))]
+    facts: dict[str, Any] = {"linear_modules": len(source_linears)}
+    if isinstance(arm, BaselineArm):
+        assert qconf is None, "a baseline arm must not carry a quantization_config"
+        float_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+        assert float_dtypes == {arm.torch_dtype}, f"parameters are {float_dtypes}, not {arm.dtype}"
+        facts["quantized_modules"] = 0
+    elif isinstance(arm, (BnbInt8Arm, Bnb4bitArm)):
+        import bitsandbytes as bnb
+
+        cls = bnb.nn.Linear8bitLt if isinstance(arm, BnbInt8Arm) else bnb.nn.Linear4bit
+        found = [n for n, m in model.named_modules() if isinstance(m, cls)]
+        assert sorted(found) == sorted(expected), (
+            f"{len(found)} {cls.__name__} modules after reload, expected {len(expected)}"
+        )
+        assert qconf and qconf.get("quant_method") == "bitsandbytes", "quantization_config missing"
+        weights = {stored[f"{n}.weight"][0] for n in found}
+        if isinstance(arm, BnbInt8Arm):
+            assert qconf.get("load_in_8bit"), "config.json does not say load_in_8bit"
+            assert weights == {"I8"}, f"int8 weights stored as {weights}"
+        else:
+            assert qconf.get("load_in_4bit"), "config.json does not say load_in_4bit"
+            assert qconf.get("bnb_4bit_quant_type") == arm.quant_type
+            assert bool(qconf.get("bnb_4bit_use_double_quant")) == arm.double_quant
+            modules = [dict(model.named_modules())[n] for n in found]
+            states = [m.weight.quant_state for m in modules]
+            assert {s.quant_type for s in states} == {arm.quant_type}
+            assert {s.nested for s in states} == {arm.double_quant}, "double quant not applied"
+            computes = {m.compute_dtype for m in modules}
+            assert computes == {DTYPES[arm.compute_dtype]}, f"compute dtype is {computes}"
+            storage = {"uint8": "U8", "bf16": "BF16", "fp16": "F16", "fp32": "F32"}[arm.quant_storage]
+            assert weights == {storage}, f"4-bit weights stored as {weights}"
+            facts["quant_state_keys"] = sorted(
+                {k.split(".weight.")[-1] for k in stored if ".weight." in k}
+            )
+        facts["quantized_modules"] = len(found)
+        facts["weight_dtypes"] = sorted(weights)
+    else:
+        assert qconf and qconf.get("quant_method") == "compressed-tensors", (
+            "config.json has no compressed-tensors quantization_config"
+        )
+        expected = [n for n in source_linears if not _skipped(n, arm.ignore)]
+        packed = sorted(k[: -len(".weight_packed")] for k in stored if k.endswith(".weight_packed"))
+        assert packed == sorted(expected), f"{len(packed)} packed layers, expected {len(expected)}"
+        for name in packed:
+            dtype, shape = stored[f"{name}.weight_packed"]
+            scale_shape = stored[f"{name}.weight_scale"][1]
+            out_f, in_f = _weight_shape(directory, name)
+            assert dtype == "I32", f"{name}.weight_packed is {dtype}, not int32"
+            assert shape == [out_f, in_f * arm.bits // 32], f"{name}.weight_packed shape {shape}"
+            assert scale_shape == [out_f, in_f // arm.group_size], f"{name}.weight_scale {scale_shape}"
+            if not arm.symmetric:
+                assert f"{name}.weight_zero_point" in stored, f"{name} has no zero point"
+        groups = qconf.get("config_groups", {})
+        bits = {g["weights"]["num_bits"] for g in groups.values()}
+        assert bits == {arm.bits}, f"config.json says {bits} bits"
+        facts["quantized_modules"] = len(packed)
+        facts["weight_dtypes"] = ["I32 (packed int%d)" % arm.bits]
+    return facts
+
+
+def _weight_shape(directory: Path, name: str) -> tuple[int, int]:
+    from safetensors import safe_open
+
+    for f in dir_weight_files(directory):
+        with safe_open(f, "pt") as st:
+            if f"{name}.weight_shape" in st.keys():
+                shape = st.get_tensor(f"{name}.weight_shape").tolist()
+                return int(shape[0]), int(shape[1])
+    raise KeyError(f"{name}.weight_shape")
+
+
+# --- the rule --------------------------------------------------------------------------------
+
+QUANTIZERS = {
+    "baseline": quantize_baseline,
+    "bnb-int8": quantize_bnb,
+    "bnb-4bit": quantize_bnb,
+}
+
+
+def quantize_arm(
+    arm: Arm,
+    source: Path | str,
+    out_dir: Path | str,
+    device: str | None = None,
+    root: Path | str = ".",
+    probe_tolerance: float = 1e-2,
+) -> dict[str, Any]:
+    """Build, save, reload and verify one arm; write and return its quantize.json record."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, out_dir = Path(source), Path(out_dir)
+    device = device or default_device()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    start = time.perf_counter()
+    if isinstance(arm, LlmCompressorArm):
+        model = quantize_llmcompressor(arm, source, device, root)
+    else:
+        model = QUANTIZERS[arm.method](arm, source, device)
+    seconds = time.perf_counter() - start
+    model.eval()
+    before = probe_logits(model, tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(arm, LlmCompressorArm):
+        model.save_pretrained(out_dir, save_compressed=True)
+    else:
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    del model
+    source_linears = linear_names(AutoModelForCausalLM.from_pretrained(source, device_map="meta"))
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, device_map=device).eval()
+    after = probe_logits(reloaded, tokenizer)
+    probe_diff = float((after - before).abs().max() / before.abs().max().clamp_min(1e-6))
+    if not probe_diff <= probe_tolerance:
+        raise AssertionError(
+            f"arm {arm.name}: reloaded logits differ from the saved model's by {probe_diff:.3g} "
+            f"(relative max), more than {probe_tolerance}"
+        )
+    facts = verify_arm(arm, reloaded, out_dir, source_linears)
+    files = dir_weight_files(out_dir)
+    record = {
+        "arm": arm.name,
+        "method": arm.method,
+        "bits": arm.bits,
+        "parameters": arm.params(),
+        "seconds": seconds,
+        "device": device_info() | {"used": device},
+        "disk_bytes": disk_bytes(files),
+        "memory_bytes": memory_bytes(reloaded),
+        "sha256": sha256_files(files, out_dir),
+        "source_sha256": json.loads((source / "source.json").read_text())["sha256"],
+        "verified": facts,
+        "reload_probe_rel_diff": probe_diff,
+        "versions": package_versions(),
+    }
+    write_json(out_dir / "quantize.json", record)
+    return record

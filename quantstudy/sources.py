@@ -1,0 +1,146 @@
+"""Model sources: a hub repo, a local directory, a GGUF file or random-init from a config.
+
+Every source ends as one safetensors directory with its tokenizer (`prepare_model`), which every
+arm is built from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arms import DTYPES
+from .config import resolve_path
+from .provenance import dir_weight_files, sha256_files, write_json
+
+log = logging.getLogger(__name__)
+
+# Files a study never needs from a hub repo: original (non-HF) checkpoints and other frameworks.
+HUB_IGNORE = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.tflite", "*.ot"]
+
+
+def download_model(repo_id: str, revision: str, out_dir: Path | str) -> dict[str, Any]:
+    """Fetch a hub snapshot into out_dir/hub (token from HF_TOKEN, never written anywhere)."""
+    from huggingface_hub import snapshot_download
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    path = snapshot_download(
+        repo_id,
+        revision=revision,
+        cache_dir=out_dir / "hub",
+        ignore_patterns=HUB_IGNORE,
+        token=os.environ.get("HF_TOKEN") or None,
+    )
+    # snapshot paths end in snapshots/<commit>: that is the exact revision that was fetched.
+    record = {
+        "repo_id": repo_id,
+        "revision": revision,
+        "commit": Path(path).name,
+        "snapshot": str(Path(path).relative_to(out_dir)),
+        "seconds": time.perf_counter() - start,
+    }
+    write_json(out_dir / "download.json", record)
+    return record
+
+
+def download_dataset(
+    name: str, config_name: str | None, split: str, cache_dir: Path | str | None = None
+) -> dict:
+    """Pre-fetch a hub dataset split into the datasets cache, so GPU nodes can run offline."""
+    import datasets
+
+    ds = datasets.load_dataset(
+        name, config_name, split=split, cache_dir=str(cache_dir) if cache_dir else None
+    )
+    return {"dataset": name, "config_name": config_name, "split": split, "rows": len(ds)}
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    """Load a GGUF file as a plain float model (transformers dequantizes it) and its tokenizer.
+
+    A GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild it from its
+    config without quantization_config and copy the weights over.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model, tokenizer
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_source(spec: dict[str, Any], download_dir: Path | str | None, root: Path | str = "."):
+    """The source model and tokenizer as the config describes them (weights in spec['dtype'])."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = DTYPES[spec.get("dtype", "bf16")]
+    trust = bool(spec.get("trust_remote_code", False))
+    source = spec["source"]
+    if source == "hub":
+        record = json.loads((Path(download_dir) / "download.json").read_text())
+        path = Path(download_dir) / record["snapshot"]
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        return model, tokenizer
+    path = resolve_path(spec["path"], spec.get("python_package"), root)
+    if source == "local":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    if source == "gguf":
+        return _load_gguf(path, dtype)
+    if source == "random-init":
+        config = AutoConfig.from_pretrained(path)
+        torch.manual_seed(int(spec.get("seed", 0)))
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        tok = spec["tokenizer"]
+        tokenizer = _load_tokenizer(resolve_path(tok["path"], tok.get("python_package"), root))
+        return model, tokenizer
+    raise ValueError(f"model.source: unknown source {source!r}")
+
+
+def prepare_model(
+    spec: dict[str, Any],
+    out_dir: Path | str,
+    download_dir: Path | str | None = None,
+    root: Path | str = ".",
+) -> dict[str, Any]:
+    """Write the source as one safetensors directory with tokenizer and a source.json record."""
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    model, tokenizer = load_source(spec, download_dir, root)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    record: dict[str, Any] = {
+        "source": spec,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": time.perf_counter() - start,
+        "sha256": sha256_files(dir_weight_files(out_dir), out_dir),
+    }
+    if spec["source"] == "hub":
+        record["download"] = json.loads((Path(download_dir) / "download.json").read_text())
+    write_json(out_dir / "source.json", record)
+    log.info("prepared %s source: %d parameters", spec["source"], record["parameters"])
+    return record

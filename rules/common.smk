@@ -1,0 +1,127 @@
+import re
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+
+from quantstudy import config as qconfig  # noqa: E402
+
+
+# --- config: schema (with defaults), then the checks a schema cannot make -------------------
+qconfig.normalise(config)
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+try:
+    qconfig.check(config, root=workflow.basedir)
+except qconfig.ConfigError as e:
+    raise WorkflowError(f"Invalid config: {e}")
+
+STUDY = config["study"]
+ARMS = list(config["arms"])
+TASKS = list(config["tasks"])
+BASELINE = qconfig.baseline_arm(config)
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+# Wildcards match only what is configured, so a stray path never matches a rule.
+wildcard_constraints:
+    study=re.escape(STUDY),
+    arm=_alternatives(ARMS),
+    task=_alternatives(TASKS),
+
+
+# --- targets ------------------------------------------------------------------------------
+def get_final_output():
+    return [
+        f"results/{STUDY}/tables/results.csv",
+        f"results/{STUDY}/tables/memory.csv",
+        f"results/{STUDY}/tables/summary.md",
+        f"results/{STUDY}/figures/score_vs_memory.png",
+    ]
+
+
+# --- helpers for rules --------------------------------------------------------------------
+def get_arm(wildcards):
+    """The arm's config entry: its params, so a change to this arm reruns only this arm."""
+    return config["arms"][wildcards.arm]
+
+
+def get_task(wildcards):
+    """The task's config entry: a change to this task reruns only this task's jobs."""
+    return config["tasks"][wildcards.task]
+
+
+def resolve(path, python_package=None):
+    """A config path: relative ones start at the workflow's folder, as the schema says."""
+    return str(qconfig.resolve_path(path, python_package, root=workflow.basedir))
+
+
+def is_hub_model():
+    return config["model"]["source"] == "hub"
+
+
+def get_prepare_input(wildcards):
+    """The hub download for hub sources; the local files otherwise (their changes rerun it)."""
+    model = config["model"]
+    if is_hub_model():
+        return {"download": f"results/{wildcards.study}/download"}
+    files = {"model": resolve(model["path"], model.get("python_package"))}
+    if model["source"] == "random-init":
+        tok = model["tokenizer"]
+        files["tokenizer"] = resolve(tok["path"], tok.get("python_package"))
+    return files
+
+
+def get_calibration_input(wildcards):
+    """A local calibration file, or the pre-fetched hub dataset, for GPTQ/AWQ arms."""
+    calib = config["arms"][wildcards.arm].get("calibration")
+    if not calib:
+        return []
+    if calib.get("path"):
+        return [resolve(calib["path"])]
+    return [f"results/{wildcards.study}/datasets/{calibration_dataset_id(calib)}.json"]
+
+
+def calibration_dataset_id(calib):
+    """A file-name-safe id of a hub dataset split."""
+    parts = [calib["dataset"], calib.get("config_name") or "default", calib["split"]]
+    return "__".join(re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts)
+
+
+def get_hub_datasets():
+    """Every hub calibration dataset the study names, by id."""
+    out = {}
+    for spec in config["arms"].values():
+        calib = spec.get("calibration")
+        if calib and not calib.get("path"):
+            out[calibration_dataset_id(calib)] = calib
+    return out
+
+
+def get_dataset_spec(wildcards):
+    return get_hub_datasets()[wildcards.dataset]
+
+
+def get_baseline_eval(wildcards):
+    """With batch_size auto, every arm waits for the baseline's run and uses its batch size."""
+    if config["tasks"][wildcards.task]["batch_size"] == "auto" and wildcards.arm != BASELINE:
+        return [f"results/{wildcards.study}/eval/{BASELINE}/{wildcards.task}.json"]
+    return []
+
+
+def is_gpu_method(wildcards):
+    return 0 if config["arms"][wildcards.arm]["method"] == "baseline" else 1
+
+
+def get_eval_outputs(study=STUDY):
+    return expand(
+        "results/{study}/eval/{arm}/{task}.json", study=study, arm=ARMS, task=TASKS
+    )
+
+
+def get_model_dirs(study=STUDY):
+    return expand("results/{study}/models/{arm}", study=study, arm=ARMS)

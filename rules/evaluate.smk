@@ -1,0 +1,18 @@
+rule evaluate:
+    input:
+        model="results/{study}/models/{arm}",
+        baseline_eval=get_baseline_eval,
+    output:
+        json="results/{study}/eval/{arm}/{task}.json",
+        samples="results/{study}/eval/{arm}/{task}.samples.jsonl",
+    params:
+        task=get_task,
+        evaluation=lookup(dpath="evaluation", within=config),
+    log:
+        "logs/{study}/eval/{arm}/{task}.log",
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
+    script:
+        "../scripts/evaluate.py"

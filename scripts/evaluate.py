@@ -1,0 +1,27 @@
+"""Snakemake entry for rule evaluate: one arm on one lm-eval task."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+from quantstudy.evaluate import batch_size_for, evaluate  # noqa: E402
+from quantstudy.scripting import logged  # noqa: E402
+
+with logged(snakemake.log[0]):  # noqa: F821
+    root = Path(snakemake.scriptdir).parent  # noqa: F821
+    task_spec = snakemake.params.task  # noqa: F821
+    settings = snakemake.params.evaluation  # noqa: F821
+    baseline_eval = snakemake.input.baseline_eval  # noqa: F821
+    evaluate(
+        model_dir=snakemake.input.model,  # noqa: F821
+        arm=snakemake.wildcards.arm,  # noqa: F821
+        task=snakemake.wildcards.task,  # noqa: F821
+        task_spec=task_spec,
+        batch_size=batch_size_for(task_spec, baseline_eval[0] if baseline_eval else None),
+        include_path=str(root / settings["include_path"]),
+        out_json=snakemake.output.json,  # noqa: F821
+        out_samples=snakemake.output.samples,  # noqa: F821
+        max_batch_size=settings["max_batch_size"],
+        max_length=settings.get("max_length"),
+    )
