@@ -71,7 +71,7 @@ def check(config: dict[str, Any], root: Path | str = ".") -> None:
             raise ConfigError(f"model.path: {str(path)!r} does not exist")
         if model["source"] == "gguf" and not path.name.endswith(".gguf"):
             raise ConfigError(f"model.path: {str(path)!r} is not a .gguf file")
-    if model["source"] == "random-init":
+    if model["source"] == "random-init" and model.get("tokenizer"):
         tok = model["tokenizer"]
         tpath = resolve_path(tok["path"], tok.get("python_package"), root)
         if not tpath.exists():

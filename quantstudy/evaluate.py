@@ -106,14 +106,21 @@ def _jsonable(obj: Any) -> Any:
 
 
 def sample_records(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One record per evaluated example: task (subtask for groups), ids, target, response, metrics."""
-    records = []
+    """One record per evaluated example: task (subtask for groups), ids, target, response, metrics.
+
+    lm-eval logs one sample per (example, filter); a task with several filters (GSM8K's
+    strict-match and flexible-extract) gets one record per example whose metrics are named
+    `metric` for the filter "none" and `metric,filter` otherwise.
+    """
+    records: dict[tuple[str, int], dict[str, Any]] = {}
     for subtask, samples in sorted(results.get("samples", {}).items()):
-        metrics = [m for m in results["results"].get(subtask, {}) if "," in m and "stderr" not in m]
-        names = sorted({m.split(",")[0] for m in metrics})
+        keys = [m for m in results["results"].get(subtask, {}) if "," in m and "_stderr" not in m]
+        names = sorted({m.split(",")[0] for m in keys})
         for s in samples:
-            resps = s.get("filtered_resps", s.get("resps"))
-            records.append(
+            filt = s.get("filter", "none")
+            key = (subtask, s["doc_id"])
+            rec = records.setdefault(
+                key,
                 {
                     "task": subtask,
                     "doc_id": s["doc_id"],
@@ -121,11 +128,15 @@ def sample_records(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "prompt_hash": s.get("prompt_hash"),
                     "target_hash": s.get("target_hash"),
                     "target": s.get("target"),
-                    "response": resps,
-                    "metrics": {k: s[k] for k in names if k in s},
-                }
+                    "response": {},
+                    "metrics": {},
+                },
             )
-    return _jsonable(records)
+            rec["response"][filt] = s.get("filtered_resps", s.get("resps"))
+            for name in names:
+                if name in s:
+                    rec["metrics"][name if filt == "none" else f"{name},{filt}"] = s[name]
+    return _jsonable([records[k] for k in sorted(records, key=lambda k: (k[0], k[1]))])
 
 
 def evaluate(

@@ -82,6 +82,25 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
+def byte_level_tokenizer():
+    """A tokenizer that needs no files: one token per byte plus bos/eos/pad (259 tokens).
+
+    For random-init models that name no tokenizer: their weights are random, so only the shapes
+    and the token ids matter, and this runs anywhere without a download.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )
+
+
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -113,8 +132,16 @@ def load_source(spec: dict[str, Any], download_dir: Path | str | None, root: Pat
         config = AutoConfig.from_pretrained(path)
         torch.manual_seed(int(spec.get("seed", 0)))
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        tok = spec["tokenizer"]
-        tokenizer = _load_tokenizer(resolve_path(tok["path"], tok.get("python_package"), root))
+        tok = spec.get("tokenizer")
+        if tok is None:
+            tokenizer = byte_level_tokenizer()
+        else:
+            tokenizer = _load_tokenizer(resolve_path(tok["path"], tok.get("python_package"), root))
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(
+                f"model.tokenizer: {len(tokenizer)} tokens do not fit the config's vocab_size "
+                f"{config.vocab_size}"
+            )
         return model, tokenizer
     raise ValueError(f"model.source: unknown source {source!r}")
 

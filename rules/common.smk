@@ -70,7 +70,7 @@ def get_prepare_input(wildcards):
     if is_hub_model():
         return {"download": f"results/{wildcards.study}/download"}
     files = {"model": resolve(model["path"], model.get("python_package"))}
-    if model["source"] == "random-init":
+    if model["source"] == "random-init" and model.get("tokenizer"):
         tok = model["tokenizer"]
         files["tokenizer"] = resolve(tok["path"], tok.get("python_package"))
     return files

@@ -123,3 +123,15 @@ def test_readme_config_reference_matches_schema():
     # every arm field of every method is documented
     for name in ("quant_type", "double_quant", "compute_dtype", "group_size", "threshold"):
         assert re.search(rf"`{name}`", current)
+
+
+def test_shapes_study_has_the_default_studys_arms():
+    """The GPU benchmark study must measure the same arms as the real study."""
+    real = qconfig.load(ROOT / "config.yaml", root=ROOT)
+    shapes = qconfig.load(ROOT / "config" / "llama-3.2-1b-shapes.yaml", root=ROOT)
+
+    def without_calibration(arms):
+        return {a: {k: v for k, v in s.items() if k != "calibration"} for a, s in arms.items()}
+
+    assert without_calibration(shapes["arms"]) == without_calibration(real["arms"])
+    assert shapes["baseline"] == real["baseline"]

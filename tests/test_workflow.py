@@ -1,0 +1,215 @@
+"""The whole workflow, end to end, through real Snakemake on a tiny random model.
+
+One tiny study covers every method (bnb on CPU, GPTQ and AWQ on CPU) and both demo tasks; the
+tests then read its outputs, and check what bad configs and failing arms do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY_CONFIG
+
+pytestmark = pytest.mark.workflow
+
+LIMITS = {"demo_capitals": 12, "demo_passage_qa": 6}
+
+
+def tiny_config(tokenizer_dir: Path, calibration: Path) -> dict:
+    calib = {"path": str(calibration), "num_samples": 8, "seq_len": 64, "seed": 0}
+    return {
+        "study": "tiny",
+        "model": {
+            "source": "random-init",
+            "path": str(TINY_CONFIG),
+            "tokenizer": {"path": str(tokenizer_dir)},
+            "dtype": "fp32",
+            "seed": 0,
+        },
+        "arms": {
+            "fp32": {"method": "baseline", "dtype": "fp32"},
+            "int8": {"method": "bnb-int8", "dtype": "fp32"},
+            "nf4_dq": {"method": "bnb-4bit", "quant_type": "nf4", "double_quant": True,
+                       "compute_dtype": "fp32", "dtype": "fp32"},
+            "fp4": {"method": "bnb-4bit", "quant_type": "fp4", "compute_dtype": "fp32", "dtype": "fp32"},
+            "gptq": {"method": "gptq", "group_size": 32, "dtype": "fp32", "calibration": calib},
+            "awq": {"method": "awq", "group_size": 32, "symmetric": False, "dtype": "fp32",
+                    "calibration": calib},
+        },  # fmt: skip
+        "tasks": {
+            "demo_capitals": {"limit": LIMITS["demo_capitals"], "batch_size": "auto"},
+            "demo_passage_qa": {"limit": LIMITS["demo_passage_qa"], "batch_size": 4},
+        },
+        "evaluation": {"include_path": "tasks", "max_batch_size": 8},
+    }
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in workdir with its config.yaml."""
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tokenizer_dir, calibration_file) -> Path:
+    """The tiny study run to completion (quantize, evaluate, aggregate, report)."""
+    work = tmp_path_factory.mktemp("tiny-study")
+    write_config(work, tiny_config(tokenizer_dir, calibration_file))
+    snakemake(work, "-c2")
+    snakemake(work, "--report", str(work / "report.html"))
+    return work
+
+
+def results(work: Path) -> Path:
+    return work / "results" / "tiny"
+
+
+def read_samples(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_arm_is_built_and_verified(tiny_study):
+    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
+    for arm, spec in config["arms"].items():
+        rec = json.loads((results(tiny_study) / "models" / arm / "quantize.json").read_text())
+        assert rec["method"] == spec["method"]
+        assert rec["verified"]["quantized_modules"] == (0 if spec["method"] == "baseline" else 14)
+        assert rec["reload_probe_rel_diff"] <= 1e-2
+        assert rec["device"]["used"] == "cpu"
+
+
+def test_samples_have_one_line_per_example_and_pair_across_arms(tiny_study):
+    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
+    for task, limit in LIMITS.items():
+        keys = None
+        for arm in config["arms"]:
+            samples = read_samples(results(tiny_study) / "eval" / arm / f"{task}.samples.jsonl")
+            assert len(samples) == limit, (arm, task)
+            arm_keys = [(s["doc_id"], s["doc_hash"]) for s in samples]
+            assert len(set(arm_keys)) == limit
+            keys = keys or arm_keys
+            assert arm_keys == keys, "arms saw different items"
+            summary = json.loads((results(tiny_study) / "eval" / arm / f"{task}.json").read_text())
+            metric = "acc" if task == "demo_capitals" else "f1"
+            per_example = [s["metrics"][metric] for s in samples]
+            assert all(0.0 <= v <= 1.0 for v in per_example)
+            mean = sum(per_example) / len(per_example)
+            assert summary["results"][task][f"{metric},none"] == pytest.approx(mean)
+
+
+def test_auto_batch_size_is_the_baselines_for_every_arm(tiny_study):
+    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
+    used = {
+        arm: json.loads((results(tiny_study) / "eval" / arm / "demo_capitals.json").read_text())[
+            "batch_size_used"
+        ]
+        for arm in config["arms"]
+    }
+    assert used["fp32"] == 8  # the CPU never runs out of memory: lm-eval settles on the cap
+    assert set(used.values()) == {8}
+    fixed = {
+        json.loads((results(tiny_study) / "eval" / arm / "demo_passage_qa.json").read_text())[
+            "batch_size_used"
+        ]
+        for arm in config["arms"]
+    }
+    assert fixed == {4}
+
+
+def test_tables_hold_every_arm_task_and_metric(tiny_study):
+    table = pd.read_csv(results(tiny_study) / "tables" / "results.csv")
+    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
+    expected = {
+        (arm, task, metric)
+        for arm in config["arms"]
+        for task, metrics in {"demo_capitals": ("acc", "acc_norm"), "demo_passage_qa": ("em", "f1")}.items()
+        for metric in metrics
+    }
+    assert set(zip(table.arm, table.task, table.metric)) == expected
+    assert table["value"].between(0, 1).all()
+    assert (table.loc[table.task == "demo_capitals", "n"] == LIMITS["demo_capitals"]).all()
+    memory = pd.read_csv(results(tiny_study) / "tables" / "memory.csv").set_index("arm")
+    assert memory.loc["fp32", "disk_vs_baseline"] == 1.0
+    for arm in config["arms"]:
+        rec = json.loads((results(tiny_study) / "models" / arm / "quantize.json").read_text())
+        assert memory.loc[arm, "disk_bytes"] == rec["disk_bytes"]
+        assert memory.loc[arm, "memory_bytes"] == rec["memory_bytes"]["total"]
+    # 4-bit linears are packed two weights to a byte: the 4-bit arms hold fewer bytes
+    assert memory.loc["nf4_dq", "memory_bytes"] < memory.loc["int8", "memory_bytes"] < memory.loc["fp32", "memory_bytes"]
+
+
+def test_report_has_tables_and_figure(tiny_study):
+    figure = results(tiny_study) / "figures" / "score_vs_memory.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = pd.read_csv(figure.with_suffix(".csv"))
+    assert set(data["arm"]) == set(yaml.safe_load((tiny_study / "config.yaml").read_text())["arms"])
+    html = (tiny_study / "report.html").read_text()
+    for name in ("score_vs_memory.png", "results.csv", "memory.csv"):
+        assert name in html
+
+
+def test_rerun_is_a_no_op(tiny_study):
+    proc = snakemake(tiny_study, "-n", "-c1")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda c: c["arms"]["nf4_dq"].update(method="bnb-5bit"), "['arms']['nf4_dq']['method']"),
+        (lambda c: c["arms"]["fp4"].update(quant_type="nf5"), "'nf5' is not one of ['nf4', 'fp4']"),
+        (lambda c: c["tasks"].update(x={"batch_size": 0}), "['tasks']['x']['batch_size']"),
+        (lambda c: c.pop("tasks"), "'tasks' is a required property"),
+        (lambda c: c["arms"].update({"a/b": {"method": "baseline"}}), "'a/b' does not match"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, tokenizer_dir, calibration_file, mutate, words):
+    config = tiny_config(tokenizer_dir, calibration_file)
+    mutate(config)
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-c1", check=False)
+    assert proc.returncode != 0
+    assert words in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_failing_arm_keeps_the_others(tiny_study, tmp_path):
+    """An arm that fails to build is reported; finished outputs of the other arms stay as they were."""
+    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
+    # 48 does not divide the layers' 64 input columns: llm-compressor refuses this arm
+    config["arms"]["gptq_bad"] = {**config["arms"]["gptq"], "group_size": 48}
+    work = tiny_study
+    original = (work / "config.yaml").read_text()
+    before = {p: p.stat().st_mtime_ns for p in results(work).rglob("*") if p.is_file()}
+    try:
+        write_config(work, config)
+        proc = snakemake(work, "-c1", "--keep-going", check=False)
+    finally:
+        (work / "config.yaml").write_text(original)
+    assert proc.returncode != 0
+    assert "quantize" in proc.stderr and "gptq_bad" in proc.stderr
+    assert not (results(work) / "models" / "gptq_bad").exists()
+    log = (work / "logs" / "tiny" / "quantize" / "gptq_bad.log").read_text()
+    assert "divisible" in log or "group" in log
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before, "finished outputs of other arms were touched"
