@@ -1,0 +1,22 @@
+"""Snakemake entry for rule benchmark: speed and memory of one arm beside the baseline, one JSON."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+from quantstudy.benchmark import run_benchmark  # noqa: E402
+from quantstudy.provenance import write_json  # noqa: E402
+from quantstudy.scripting import logged  # noqa: E402
+
+with logged(snakemake.log[0]):  # noqa: F821
+    params = snakemake.params  # noqa: F821
+    result = run_benchmark(
+        snakemake.input.model,  # noqa: F821
+        snakemake.input.baseline,  # noqa: F821
+        dict(params.settings or {}),
+        device=getattr(params, "device", None),
+        arm_name=getattr(snakemake.wildcards, "arm", None),  # noqa: F821
+        baseline_name=getattr(params, "baseline", None),
+    )
+    write_json(snakemake.output[0], result)  # noqa: F821
