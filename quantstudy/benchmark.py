@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import gc
+import json
 import logging
 import math
 import os
@@ -87,6 +88,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "new_tokens": 128,
         "warmup": 1,  # for the throughput measured at the batch found
         "repeats": 3,
+        # run the search in a child process: some kernels (bitsandbytes int8 at large batches)
+        # end the process on a CUDA error instead of raising; auto = on CUDA only
+        "isolate": "auto",
     },
     "static": {
         "compile": "auto",  # auto: on CUDA only
@@ -1162,9 +1166,12 @@ def _vocab_size(model) -> int:
 
 
 def _largest_batch_for(
-    name: str, model, spec: ModeSpec, settings, vocab, timer, device
+    name: str, model, spec: ModeSpec, settings, vocab, timer, device, progress=None
 ) -> dict[str, Any]:
-    """Largest batch that generates without running out of memory, and its throughput."""
+    """Largest batch that generates without running out of memory, and its throughput.
+
+    `progress`, when given, is called with each probe's record as soon as it is known.
+    """
     sec = settings["largest_batch"]
     seed, length, new_tokens = settings["seed"], sec["prompt_length"], sec["new_tokens"]
     probes: list[dict[str, Any]] = []
@@ -1196,6 +1203,8 @@ def _largest_batch_for(
             return False
         fits = not result["oom"]
         probes.append({"batch_size": batch, "fits": fits, "seconds": seconds})
+        if progress is not None:
+            progress(probes[-1])
         log.info("largest batch, mode %s: batch %d %s", spec.name, batch, "fits" if fits else "OOM")
         return fits
 
@@ -1229,6 +1238,54 @@ def _largest_batch_for(
             return {"supported": False, "reason": f"batch {found}: {result['error']}"}
         out["throughput"] = _model_entry(result)
     return out
+
+
+def _largest_batch_child(arm_dir: str, mode: str, settings, device: str, progress: str, out: str):
+    """Child process of `_largest_batch_isolated`: load the arm, search, write the result."""
+    device_ = torch.device(device)
+    model, _, _ = load_model(arm_dir, device_)
+    spec = mode_spec(mode, settings, device_)
+
+    def record(probe: dict[str, Any]) -> None:
+        with open(progress, "a") as f:
+            f.write(json.dumps(probe) + "\n")
+
+    result = _largest_batch_for(
+        "arm", model, spec, settings, _vocab_size(model), Timer(device_), device_, record
+    )
+    Path(out).write_text(json.dumps(result, default=str))
+
+
+def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) -> dict[str, Any]:
+    """The largest-batch search in a child process, so a kernel that ends the process (instead of
+    raising) is recorded as the batch where it happened rather than losing the whole job."""
+    import multiprocessing
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        progress, out = Path(tmp) / "probes.jsonl", Path(tmp) / "result.json"
+        ctx = multiprocessing.get_context("spawn")
+        args = (str(arm_dir), mode, settings, str(device), str(progress), str(out))
+        child = ctx.Process(target=_largest_batch_child, args=args)
+        child.start()
+        child.join()
+        if out.exists():
+            return json.loads(out.read_text())
+        probes = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
+    fitted = [p["batch_size"] for p in probes if p["fits"]]
+    tried = {p["batch_size"] for p in probes}
+    sec = settings["largest_batch"]
+    return {
+        "supported": False,
+        "reason": (
+            f"the search process ended with exit code {child.exitcode} after probing batches "
+            f"{sorted(tried)}; largest that fitted: {max(fitted) if fitted else None} "
+            "(a kernel ended the process instead of raising, e.g. bitsandbytes' int8 CUDA errors)"
+        ),
+        "batch_size": max(fitted) if fitted else 0,
+        "limit": sec["limit"],
+        "probes": probes,
+    }
 
 
 def _model_entry(result: dict[str, Any]) -> dict[str, Any]:
@@ -1439,11 +1496,18 @@ def run_benchmark(
             for mode, raw_mode in raw.items()
         }
         largest = {}
+        isolate = settings["largest_batch"].get("isolate", "auto")
+        isolate = device.type == "cuda" if isolate == "auto" else bool(isolate)
+        if isolate:
+            unload("arm")  # the child process loads its own copy
         for mode in settings["largest_batch"]["modes"]:
-            spec = mode_spec(mode, settings, device)
-            largest[mode] = _largest_batch_for(
-                "arm", loaded["arm"], spec, settings, vocab, timer, device
-            )
+            if isolate:
+                largest[mode] = _largest_batch_isolated(arm_dir, mode, settings, device)
+            else:
+                spec = mode_spec(mode, settings, device)
+                largest[mode] = _largest_batch_for(
+                    "arm", loaded["arm"], spec, settings, vocab, timer, device
+                )
     unload("arm")
 
     return {
