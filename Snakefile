@@ -16,7 +16,9 @@ include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
+include: "rules/benchmark.smk"
 include: "rules/aggregate.smk"
+include: "rules/compare.smk"
 include: "rules/report.smk"
 
 

@@ -128,3 +128,95 @@ def summary_markdown(results: pd.DataFrame, memory: pd.DataFrame, study: str, ba
         + _markdown(mem, ".2f")
         + "\n"
     )
+
+
+BENCH_COLUMNS = [
+    "arm", "method", "device_kind", "device_name", "mode", "supported", "reason", "scenario",
+    "batch_size", "prompt_length", "new_tokens", "median", "min", "max", "unit",
+    "baseline_median", "ratio_to_baseline", "ratio_kind", "roofline_ms", "roofline_fraction",
+    "peak_allocated_bytes", "peak_reserved_bytes", "peak_allocated_own_bytes", "oom",
+]  # fmt: skip
+
+_SCENARIO_VALUE = {"prefill": ("ms", "ms"), "decode": ("ms_per_token", "ms/token"),
+                   "throughput": ("tokens_per_s", "tokens/s")}  # fmt: skip
+
+
+def _stat(rec: dict[str, Any] | None, key: str) -> dict[str, float]:
+    value = (rec or {}).get(key) or {}
+    return {k: _number(value.get(k)) for k in ("median", "min", "max")}
+
+
+def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per arm, mode and measurement of a `bench/{arm}.json` (unsupported modes included)."""
+    base = {
+        "arm": bench["arm"],
+        "method": (bench["models"]["arm"] or {}).get("method"),
+        "device_kind": bench["device_kind"],
+        "device_name": bench["device"].get("name"),
+    }
+    # Interleaved jobs keep the baseline resident beside the arm: the peak the arm itself needs is
+    # the measured peak less what the other model holds.
+    other = 0
+    if (bench.get("interleaving") or {}).get("strategy") == "interleaved":
+        other = (bench["models"].get("baseline") or {}).get("cuda_allocated_after_warmup_bytes") or 0
+    rows = []
+    for mode, res in bench["modes"].items():
+        if not res.get("supported", False):
+            rows.append({**base, "mode": mode, "supported": False, "reason": res.get("reason")})
+            continue
+        for scenario, (key, unit) in _SCENARIO_VALUE.items():
+            entries = res.get(scenario)
+            entries = [entries] if isinstance(entries, dict) else entries or []
+            for e in entries:
+                arm, baseline = e.get("arm") or {}, e.get("baseline") or {}
+                mem = arm.get("memory") or {}
+                ratio_kind = "throughput_ratio" if scenario == "throughput" else "time_ratio"
+                rows.append(
+                    {
+                        **base,
+                        "mode": mode,
+                        "supported": True,
+                        "reason": None,
+                        "scenario": scenario,
+                        "batch_size": e.get("batch_size"),
+                        "prompt_length": e.get("prompt_length"),
+                        "new_tokens": e.get("new_tokens"),
+                        **_stat(arm, key),
+                        "unit": unit,
+                        "baseline_median": _stat(baseline, key)["median"],
+                        "ratio_to_baseline": _number(e.get(ratio_kind)),
+                        "ratio_kind": ratio_kind,
+                        "roofline_ms": _number(arm.get("roofline_ms")),
+                        "roofline_fraction": _number(arm.get("roofline_fraction")),
+                        "peak_allocated_bytes": _number(mem.get("peak_allocated_bytes")),
+                        "peak_reserved_bytes": _number(mem.get("peak_reserved_bytes")),
+                        "peak_allocated_own_bytes": _number(mem.get("peak_allocated_bytes")) - other,
+                        "oom": bool(arm.get("oom")),
+                    }
+                )
+    for mode, res in (bench.get("largest_batch") or {}).items():
+        if not res.get("supported", False):
+            continue
+        rows.append(
+            {
+                **base,
+                "mode": mode,
+                "supported": True,
+                "scenario": "largest_batch",
+                "batch_size": res.get("batch_size"),
+                "prompt_length": res.get("prompt_length"),
+                "new_tokens": res.get("new_tokens"),
+                **_stat(res.get("throughput"), "tokens_per_s"),
+                "unit": "tokens/s",
+                "oom": False,
+            }
+        )
+    return rows
+
+
+def collect_benchmarks(bench_files: Iterable[Path | str]) -> pd.DataFrame:
+    """The benchmark table from every `bench/{arm}.json`."""
+    rows = []
+    for path in bench_files:
+        rows += bench_rows(json.loads(Path(path).read_text()))
+    return pd.DataFrame(rows, columns=BENCH_COLUMNS)

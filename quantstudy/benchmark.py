@@ -1258,29 +1258,54 @@ def _largest_batch_child(arm_dir: str, mode: str, settings, device: str, progres
 
 def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) -> dict[str, Any]:
     """The largest-batch search in a child process, so a kernel that ends the process (instead of
-    raising) is recorded as the batch where it happened rather than losing the whole job."""
-    import multiprocessing
+    raising) is recorded as the batch where it happened rather than losing the whole job.
+
+    The child is a fresh `python -c` that imports this module, not a multiprocessing spawn: spawn
+    re-runs the parent's __main__, which under Snakemake is the job script itself.
+    """
+    import subprocess
+    import sys
     import tempfile
 
+    package_root = str(Path(__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory() as tmp:
         progress, out = Path(tmp) / "probes.jsonl", Path(tmp) / "result.json"
-        ctx = multiprocessing.get_context("spawn")
-        args = (str(arm_dir), mode, settings, str(device), str(progress), str(out))
-        child = ctx.Process(target=_largest_batch_child, args=args)
-        child.start()
-        child.join()
-        if out.exists():
+        args = {
+            "arm_dir": str(arm_dir),
+            "mode": mode,
+            "settings": settings,
+            "device": str(device),
+            "progress": str(progress),
+            "out": str(out),
+        }
+        (Path(tmp) / "args.json").write_text(json.dumps(args, default=str))
+        code = (
+            "import json, sys; from quantstudy.benchmark import _largest_batch_child as run; "
+            "run(**json.load(open(sys.argv[1])))"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        )}  # fmt: skip
+        child = subprocess.run(
+            [sys.executable, "-c", code, str(Path(tmp) / "args.json")],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if child.returncode == 0 and out.exists():
             return json.loads(out.read_text())
         probes = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
+    log.warning("largest-batch search process failed:\n%s", child.stderr[-3000:])
     fitted = [p["batch_size"] for p in probes if p["fits"]]
-    tried = {p["batch_size"] for p in probes}
+    tried = sorted(p["batch_size"] for p in probes)
     sec = settings["largest_batch"]
+    last_line = (child.stderr.strip().splitlines() or [""])[-1][:300]
     return {
         "supported": False,
         "reason": (
-            f"the search process ended with exit code {child.exitcode} after probing batches "
-            f"{sorted(tried)}; largest that fitted: {max(fitted) if fitted else None} "
-            "(a kernel ended the process instead of raising, e.g. bitsandbytes' int8 CUDA errors)"
+            f"the search process ended with exit code {child.returncode} after probing batches "
+            f"{tried}; largest that fitted: {max(fitted) if fitted else None}; last words: "
+            f"{last_line!r}"
         ),
         "batch_size": max(fitted) if fitted else 0,
         "limit": sec["limit"],

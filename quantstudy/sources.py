@@ -131,7 +131,11 @@ def load_source(spec: dict[str, Any], download_dir: Path | str | None, root: Pat
     if source == "random-init":
         config = AutoConfig.from_pretrained(path)
         torch.manual_seed(int(spec.get("seed", 0)))
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        # Drawing a billion random weights takes a minute on CPUs and a second on a GPU; the
+        # weights differ between the two (other generators), which random-init studies accept.
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = model.to("cpu")
         tok = spec.get("tokenizer")
         if tok is None:
             tokenizer = byte_level_tokenizer()
@@ -162,6 +166,7 @@ def prepare_model(
     tokenizer.save_pretrained(out_dir)
     record: dict[str, Any] = {
         "source": spec,
+        "initialised_on": "cuda" if torch.cuda.is_available() else "cpu",
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": time.perf_counter() - start,
         "sha256": sha256_files(dir_weight_files(out_dir), out_dir),

@@ -20,5 +20,25 @@ rule aggregate:
         baseline=BASELINE,
     log:
         "logs/{study}/aggregate.log",
+    conda:
+        "../envs/quantstudy.yaml"
     script:
         "../scripts/aggregate.py"
+
+
+rule aggregate_benchmarks:
+    input:
+        get_bench_outputs(),
+    output:
+        report(
+            "results/{study}/tables/benchmark.csv",
+            caption="../report/benchmark.rst",
+            category="3. Speed",
+            labels={"table": "benchmark per arm, mode and scenario"},
+        ),
+    log:
+        "logs/{study}/aggregate_benchmarks.log",
+    conda:
+        "../envs/quantstudy.yaml"
+    script:
+        "../scripts/aggregate_benchmarks.py"

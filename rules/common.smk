@@ -1,3 +1,5 @@
+import json
+import os
 import re
 import sys
 
@@ -35,13 +37,32 @@ wildcard_constraints:
 
 
 # --- targets ------------------------------------------------------------------------------
+def is_benchmarked():
+    return config["benchmark"]["enabled"]
+
+
 def get_final_output():
-    return [
-        f"results/{STUDY}/tables/results.csv",
-        f"results/{STUDY}/tables/memory.csv",
-        f"results/{STUDY}/tables/summary.md",
+    """The study's tables, figures and report pages.
+
+    The tables of rule aggregate need every arm; after a job failed (ANALYSIS_MISSING in
+    compare.smk) they cannot be made, so they are left out and the decision table, figures and
+    report, which show a failed arm as missing, are built from what exists.
+    """
+    out = [
+        f"results/{STUDY}/tables/decision.csv",
+        f"results/{STUDY}/report/decision.html",
+        f"results/{STUDY}/report/provenance.html",
         f"results/{STUDY}/figures/score_vs_memory.png",
     ]
+    if not ANALYSIS_MISSING:
+        out += [
+            f"results/{STUDY}/tables/results.csv",
+            f"results/{STUDY}/tables/memory.csv",
+            f"results/{STUDY}/tables/summary.md",
+        ]
+        if is_benchmarked():
+            out.append(f"results/{STUDY}/tables/benchmark.csv")
+    return out
 
 
 # --- helpers for rules --------------------------------------------------------------------
@@ -113,14 +134,56 @@ def get_baseline_eval(wildcards):
     return []
 
 
-def is_gpu_method(wildcards):
-    return 0 if config["arms"][wildcards.arm]["method"] == "baseline" else 1
-
-
 def get_eval_outputs(study=STUDY):
     return expand(
         "results/{study}/eval/{arm}/{task}.json", study=study, arm=ARMS, task=TASKS
     )
+
+
+def get_bench_outputs(study=STUDY):
+    return expand("results/{study}/bench/{arm}.json", study=study, arm=ARMS)
+
+
+def _memory_bytes(model_dir):
+    """Bytes an arm holds in memory, from its quantize.json (None before it is built)."""
+    try:
+        with open(f"{model_dir}/quantize.json") as f:
+            return json.load(f)["memory_bytes"]["total"]
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def _source_bytes(source_dir):
+    try:
+        with open(f"{source_dir}/model.safetensors.index.json") as f:
+            return json.load(f)["metadata"]["total_size"]
+    except (FileNotFoundError, KeyError):
+        pass
+    try:
+        return os.path.getsize(f"{source_dir}/model.safetensors")
+    except OSError:
+        return None
+
+
+def _mb(nbytes, factor, extra_mb, fallback_mb):
+    return fallback_mb if nbytes is None else int(factor * nbytes / 2**20) + extra_mb
+
+
+# GPU memory estimates (MB) for packing jobs onto GPUs (profiles/local): resources are evaluated
+# when a job is ready, after its inputs were built, so they can read the models' sizes.
+def get_quantize_gpu_mem_mb(wildcards, input):
+    """The source in its dtype, a quantized copy, calibration activations: about 3x the source."""
+    return _mb(_source_bytes(input.source), 3, 4000, 24000)
+
+
+def get_eval_gpu_mem_mb(wildcards, input):
+    return _mb(_memory_bytes(input.model), 1.5, 8000, 24000)
+
+
+def get_bench_gpu_mem_mb(wildcards, input):
+    """Both models (arm and baseline), twice over for caches and activations, plus 8 GB."""
+    sizes = [_memory_bytes(input.model), _memory_bytes(input.baseline)]
+    return _mb(None if None in sizes else sum(sizes), 2, 8000, 40000)
 
 
 def get_model_dirs(study=STUDY):

@@ -12,6 +12,8 @@ rule download_model:
         revision=lookup(dpath="model/revision", within=config),
     log:
         "logs/{study}/download_model.log",
+    conda:
+        "../envs/quantstudy.yaml"
     script:
         "../scripts/download_model.py"
 
@@ -23,6 +25,8 @@ rule download_datasets:
         spec=get_dataset_spec,
     log:
         "logs/{study}/datasets/{dataset}.log",
+    conda:
+        "../envs/quantstudy.yaml"
     script:
         "../scripts/download_dataset.py"
 
@@ -38,5 +42,7 @@ rule prepare_model:
         "logs/{study}/prepare_model.log",
     resources:
         mem_mb=16000,
+    conda:
+        "../envs/quantstudy.yaml"
     script:
         "../scripts/prepare_model.py"

@@ -12,7 +12,10 @@ rule evaluate:
         "logs/{study}/eval/{arm}/{task}.log",
     resources:
         gpu=1,
+        gpu_mem_mb=get_eval_gpu_mem_mb,
         mem_mb=32000,
         runtime=240,
+    conda:
+        "../envs/quantstudy.yaml"
     script:
         "../scripts/evaluate.py"

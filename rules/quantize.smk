@@ -9,8 +9,11 @@ rule quantize:
     log:
         "logs/{study}/quantize/{arm}.log",
     resources:
-        gpu=is_gpu_method,
+        gpu=1,
+        gpu_mem_mb=get_quantize_gpu_mem_mb,
         mem_mb=32000,
         runtime=120,
+    conda:
+        "../envs/quantstudy.yaml"
     script:
         "../scripts/quantize.py"

@@ -6,10 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from quantstudy.benchmark import run_benchmark  # noqa: E402
+from quantstudy.gpus import lease  # noqa: E402
 from quantstudy.provenance import write_json  # noqa: E402
 from quantstudy.scripting import logged  # noqa: E402
 
-with logged(snakemake.log[0]):  # noqa: F821
+with logged(snakemake.log[0]), lease(snakemake.resources.gpu_mem_mb, exclusive=True):  # noqa: F821
     params = snakemake.params  # noqa: F821
     result = run_benchmark(
         snakemake.input.model,  # noqa: F821

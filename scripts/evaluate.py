@@ -6,9 +6,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from quantstudy.evaluate import batch_size_for, evaluate  # noqa: E402
+from quantstudy.gpus import lease  # noqa: E402
 from quantstudy.scripting import logged  # noqa: E402
 
-with logged(snakemake.log[0]):  # noqa: F821
+with logged(snakemake.log[0]), lease(snakemake.resources.gpu_mem_mb):  # noqa: F821
     root = Path(snakemake.scriptdir).parent  # noqa: F821
     task_spec = snakemake.params.task  # noqa: F821
     settings = snakemake.params.evaluation  # noqa: F821

@@ -478,7 +478,7 @@ def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
     settings = bm.resolve_settings(bm.SMALL_SETTINGS)
     result = bm._largest_batch_isolated(tmp_path / "no-such-arm", "eager", settings, torch.device("cpu"))
     assert result["supported"] is False
-    assert "exit code 1" in result["reason"]
+    assert "exit code 1" in result["reason"] and "no-such-arm" in result["reason"]
     assert result["batch_size"] == 0 and result["probes"] == []
 
 
@@ -491,3 +491,29 @@ def test_largest_batch_in_a_child_process_finds_the_limit(dirs):
     jsonschema.validate({"eager": result}, bm.BENCH_SCHEMA["properties"]["largest_batch"] | {"$defs": bm.BENCH_SCHEMA["$defs"]})
     assert result["batch_size"] == settings["largest_batch"]["limit"] and result["hit_limit"]
     assert [p["batch_size"] for p in result["probes"]] == [1, 2, 4]
+
+
+def test_largest_batch_child_runs_from_a_script_main(dirs, tmp_path):
+    """Under Snakemake the parent's __main__ is the job script: the child must not re-run it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "undefined_name_like_snakemake  # a Snakemake job script fails when re-run outside Snakemake\n"
+        if False
+        else "import json, sys, torch\n"
+        "from quantstudy import benchmark as bm\n"
+        "if __name__ != '__main__':\n"
+        "    raise SystemExit('the job script was re-run in the child')\n"
+        "s = bm.resolve_settings({**bm.SMALL_SETTINGS, 'largest_batch': {**bm.SMALL_SETTINGS['largest_batch'], 'modes': ['eager']}})\n"
+        f"r = bm._largest_batch_isolated({str(dirs['baseline'])!r}, 'eager', s, torch.device('cpu'))\n"
+        "print(json.dumps(r))\n"
+    )
+    root = str(Path(bm.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": root}, check=True)  # fmt: skip
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["supported"] is True and result["batch_size"] == 4

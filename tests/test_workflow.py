@@ -7,78 +7,15 @@ tests then read its outputs, and check what bad configs and failing arms do.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY_CONFIG
+from tests.conftest import LIMITS, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
-
-LIMITS = {"demo_capitals": 12, "demo_passage_qa": 6}
-
-
-def tiny_config(tokenizer_dir: Path, calibration: Path) -> dict:
-    calib = {"path": str(calibration), "num_samples": 8, "seq_len": 64, "seed": 0}
-    return {
-        "study": "tiny",
-        "model": {
-            "source": "random-init",
-            "path": str(TINY_CONFIG),
-            "tokenizer": {"path": str(tokenizer_dir)},
-            "dtype": "fp32",
-            "seed": 0,
-        },
-        "arms": {
-            "fp32": {"method": "baseline", "dtype": "fp32"},
-            "int8": {"method": "bnb-int8", "dtype": "fp32"},
-            "nf4_dq": {"method": "bnb-4bit", "quant_type": "nf4", "double_quant": True,
-                       "compute_dtype": "fp32", "dtype": "fp32"},
-            "fp4": {"method": "bnb-4bit", "quant_type": "fp4", "compute_dtype": "fp32", "dtype": "fp32"},
-            "gptq": {"method": "gptq", "group_size": 32, "dtype": "fp32", "calibration": calib},
-            "awq": {"method": "awq", "group_size": 32, "symmetric": False, "dtype": "fp32",
-                    "calibration": calib},
-        },  # fmt: skip
-        "tasks": {
-            "demo_capitals": {"limit": LIMITS["demo_capitals"], "batch_size": "auto"},
-            "demo_passage_qa": {"limit": LIMITS["demo_passage_qa"], "batch_size": 4},
-        },
-        "evaluation": {"include_path": "tasks", "max_batch_size": 8},
-    }
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in workdir with its config.yaml."""
-    cmd = [
-        sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), *args,
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-@pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory, tokenizer_dir, calibration_file) -> Path:
-    """The tiny study run to completion (quantize, evaluate, aggregate, report)."""
-    work = tmp_path_factory.mktemp("tiny-study")
-    write_config(work, tiny_config(tokenizer_dir, calibration_file))
-    snakemake(work, "-c2")
-    snakemake(work, "--report", str(work / "report.html"))
-    return work
-
 
 def results(work: Path) -> Path:
     return work / "results" / "tiny"
@@ -213,3 +150,24 @@ def test_a_failing_arm_keeps_the_others(tiny_study, tmp_path):
     assert "divisible" in log or "group" in log
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before, "finished outputs of other arms were touched"
+
+
+def test_benchmark_table_has_every_arm_and_mode(tiny_study):
+    table = pd.read_csv(results(tiny_study) / "tables" / "benchmark.csv")
+    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
+    assert set(table["arm"]) == set(config["arms"])
+    assert set(table["device_kind"]) == {"cpu"}
+    for arm in config["arms"]:
+        rows = table[(table.arm == arm) & table.supported]
+        assert set(rows["mode"]) == {"eager", "static"}
+        prefill = rows[rows.scenario == "prefill"]
+        assert sorted(set(prefill["prompt_length"])) == [8, 16]
+        bench = json.loads((results(tiny_study) / "bench" / f"{arm}.json").read_text())
+        decode = bench["modes"]["eager"]["decode"]
+        row = rows[(rows.scenario == "decode") & (rows["mode"] == "eager")].iloc[0]
+        assert row["median"] == pytest.approx(decode["arm"]["ms_per_token"]["median"])
+        if arm == "fp32":
+            assert bench["is_baseline"] and bench["models"]["baseline"] is None
+        else:
+            base = decode["baseline"]["ms_per_token"]["median"]
+            assert row["ratio_to_baseline"] == pytest.approx(decode["arm"]["ms_per_token"]["median"] / base)
