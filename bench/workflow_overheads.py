@@ -114,11 +114,15 @@ def long_table(samples: list[Path]):
             r = json.loads(line)
             for metric, value in r["metrics"].items():
                 rows.append((r["task"], r["doc_id"], r["doc_hash"], arm, metric, value, None))
-    return pd.DataFrame(rows, columns=["task", "doc_id", "doc_hash", "arm", "metric", "value", "subject"])
+    return pd.DataFrame(
+        rows, columns=["task", "doc_id", "doc_hash", "arm", "metric", "value", "subject"]
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

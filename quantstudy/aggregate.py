@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -158,7 +159,9 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
     # the measured peak less what the other model holds.
     other = 0
     if (bench.get("interleaving") or {}).get("strategy") == "interleaved":
-        other = (bench["models"].get("baseline") or {}).get("cuda_allocated_after_warmup_bytes") or 0
+        other = (bench["models"].get("baseline") or {}).get(
+            "cuda_allocated_after_warmup_bytes"
+        ) or 0
     rows = []
     for mode, res in bench["modes"].items():
         if not res.get("supported", False):
@@ -190,7 +193,8 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
                         "roofline_fraction": _number(arm.get("roofline_fraction")),
                         "peak_allocated_bytes": _number(mem.get("peak_allocated_bytes")),
                         "peak_reserved_bytes": _number(mem.get("peak_reserved_bytes")),
-                        "peak_allocated_own_bytes": _number(mem.get("peak_allocated_bytes")) - other,
+                        "peak_allocated_own_bytes": _number(mem.get("peak_allocated_bytes"))
+                        - other,
                         "oom": bool(arm.get("oom")),
                     }
                 )

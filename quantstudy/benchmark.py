@@ -1294,7 +1294,9 @@ def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) 
         )
         if child.returncode == 0 and out.exists():
             return json.loads(out.read_text())
-        probes = [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
+        probes = (
+            [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
+        )
     log.warning("largest-batch search process failed:\n%s", child.stderr[-3000:])
     fitted = [p["batch_size"] for p in probes if p["fits"]]
     tried = sorted(p["batch_size"] for p in probes)

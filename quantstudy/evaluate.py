@@ -94,7 +94,9 @@ def run_lm_eval(
     )
     if results is None:
         raise RuntimeError(f"lm-eval returned no results for task {task!r}")
-    used = min(detected) if detected else int(batch_size) if batch_size != "auto" else max_batch_size
+    used = (
+        min(detected) if detected else int(batch_size) if batch_size != "auto" else max_batch_size
+    )
     return results, used
 
 

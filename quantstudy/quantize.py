@@ -56,7 +56,9 @@ def memory_bytes(model: torch.nn.Module) -> dict[str, int]:
 
 
 def _quant_state_tensors(state) -> list[torch.Tensor]:
-    out = [t for t in (getattr(state, "absmax", None), getattr(state, "code", None)) if t is not None]
+    out = [
+        t for t in (getattr(state, "absmax", None), getattr(state, "code", None)) if t is not None
+    ]
     nested = getattr(state, "state2", None)
     if nested is not None:
         out += _quant_state_tensors(nested)
@@ -158,7 +160,9 @@ def _no_pinning_without_accelerator():
 
     from llmcompressor.pipelines.cache import IntermediatesCache
 
-    return mock.patch.object(IntermediatesCache, "_pin_intermediate", classmethod(lambda c, v: None))
+    return mock.patch.object(
+        IntermediatesCache, "_pin_intermediate", classmethod(lambda c, v: None)
+    )
 
 
 def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[str]) -> None:
@@ -183,10 +187,15 @@ def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[
     groups = {"group_0": scheme}
     if arm.method == "gptq":
         recipe = [
-            GPTQModifier(config_groups=groups, ignore=list(arm.ignore), dampening_frac=arm.dampening_frac)
+            GPTQModifier(
+                config_groups=groups, ignore=list(arm.ignore), dampening_frac=arm.dampening_frac
+            )
         ]
     else:
-        recipe = [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=list(arm.ignore))]
+        recipe = [
+            AWQModifier(),
+            QuantizationModifier(config_groups=groups, ignore=list(arm.ignore)),
+        ]
     seq_len = arm.calibration.seq_len
     encoded = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=False)
     dataset = Dataset.from_dict(
@@ -204,7 +213,9 @@ def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[
         )
 
 
-def quantize_llmcompressor(arm: LlmCompressorArm, source: Path, device: str, root: Path | str = "."):
+def quantize_llmcompressor(
+    arm: LlmCompressorArm, source: Path, device: str, root: Path | str = "."
+):
     """GPTQ or AWQ with calibration data, by llm-compressor."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -271,7 +282,9 @@ def verify_arm(arm: Arm, model, directory: Path, source_linears: list[str]) -> d
             assert {s.nested for s in states} == {arm.double_quant}, "double quant not applied"
             computes = {m.compute_dtype for m in modules}
             assert computes == {DTYPES[arm.compute_dtype]}, f"compute dtype is {computes}"
-            storage = {"uint8": "U8", "bf16": "BF16", "fp16": "F16", "fp32": "F32"}[arm.quant_storage]
+            storage = {"uint8": "U8", "bf16": "BF16", "fp16": "F16", "fp32": "F32"}[
+                arm.quant_storage
+            ]
             assert weights == {storage}, f"4-bit weights stored as {weights}"
             facts["quant_state_keys"] = sorted(
                 {k.split(".weight.")[-1] for k in stored if ".weight." in k}
@@ -291,14 +304,16 @@ def verify_arm(arm: Arm, model, directory: Path, source_linears: list[str]) -> d
             out_f, in_f = _weight_shape(directory, name)
             assert dtype == "I32", f"{name}.weight_packed is {dtype}, not int32"
             assert shape == [out_f, in_f * arm.bits // 32], f"{name}.weight_packed shape {shape}"
-            assert scale_shape == [out_f, in_f // arm.group_size], f"{name}.weight_scale {scale_shape}"
+            assert scale_shape == [out_f, in_f // arm.group_size], (
+                f"{name}.weight_scale {scale_shape}"
+            )
             if not arm.symmetric:
                 assert f"{name}.weight_zero_point" in stored, f"{name} has no zero point"
         groups = qconf.get("config_groups", {})
         bits = {g["weights"]["num_bits"] for g in groups.values()}
         assert bits == {arm.bits}, f"config.json says {bits} bits"
         facts["quantized_modules"] = len(packed)
-        facts["weight_dtypes"] = ["I32 (packed int%d)" % arm.bits]
+        facts["weight_dtypes"] = [f"I32 (packed int{arm.bits})"]
     return facts
 
 

@@ -63,9 +63,21 @@ def _rows(schema: dict[str, Any], node: dict[str, Any], prefix: str) -> list[str
 def reference_markdown(schema: dict[str, Any]) -> str:
     """Tables of every config field: top level, model, each arm method, tasks, evaluation."""
     head = "| field | type | default | meaning |\n|---|---|---|---|"
-    out = ["### Top level", head, *_rows(schema, {"properties": {
-        k: v for k, v in schema["properties"].items() if k not in ("model", "arms", "tasks", "evaluation")
-    }}, "")]
+    out = [
+        "### Top level",
+        head,
+        *_rows(
+            schema,
+            {
+                "properties": {
+                    k: v
+                    for k, v in schema["properties"].items()
+                    if k not in ("model", "arms", "tasks", "evaluation")
+                }
+            },
+            "",
+        ),
+    ]
     out += ["", "### `model`", head, *_rows(schema, schema["$defs"]["model"], "model.")]
     methods = [
         ("baseline", "arm_baseline"),
@@ -77,9 +89,19 @@ def reference_markdown(schema: dict[str, Any]) -> str:
     out += ["", "### `arms.<name>`", "", arm_desc]
     for label, key in methods:
         out += ["", f"#### method `{label}`", head, *_rows(schema, schema["$defs"][key], "")]
-    out += ["", "### `tasks.<name>`", "", " ".join(schema["properties"]["tasks"]["description"].split())]
+    out += [
+        "",
+        "### `tasks.<name>`",
+        "",
+        " ".join(schema["properties"]["tasks"]["description"].split()),
+    ]
     out += ["", head, *_rows(schema, schema["$defs"]["task"], "")]
-    out += ["", "### `evaluation`", head, *_rows(schema, schema["properties"]["evaluation"], "evaluation.")]
+    out += [
+        "",
+        "### `evaluation`",
+        head,
+        *_rows(schema, schema["properties"]["evaluation"], "evaluation."),
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -12,7 +12,11 @@ def logged(log_path: str | Path):
     """Redirect stdout, stderr and logging to the job's log file for the duration."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with (
+        open(log_path, "a", buffering=1) as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+    ):
         handler = logging.StreamHandler(f)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root = logging.getLogger()
@@ -30,4 +34,3 @@ def logged(log_path: str | Path):
 def workflow_root(snakemake) -> Path:
     """The workflow's folder (where config-relative paths start)."""
     return Path(snakemake.scriptdir).parent
-

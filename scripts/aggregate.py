@@ -16,6 +16,9 @@ with logged(snakemake.log[0]):  # noqa: F821
     memory.to_csv(snakemake.output.memory, index=False)  # noqa: F821
     Path(snakemake.output.summary).write_text(  # noqa: F821
         aggregate.summary_markdown(
-            results, memory, snakemake.wildcards.study, snakemake.params.baseline  # noqa: F821
+            results,
+            memory,
+            snakemake.wildcards.study,
+            snakemake.params.baseline,  # noqa: F821
         )
     )

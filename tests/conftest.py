@@ -79,12 +79,32 @@ def tiny_config(tokenizer_dir: Path, calibration: Path) -> dict:
         "arms": {
             "fp32": {"method": "baseline", "dtype": "fp32"},
             "int8": {"method": "bnb-int8", "dtype": "fp32"},
-            "nf4_dq": {"method": "bnb-4bit", "quant_type": "nf4", "double_quant": True,
-                       "compute_dtype": "fp32", "dtype": "fp32"},
-            "fp4": {"method": "bnb-4bit", "quant_type": "fp4", "compute_dtype": "fp32", "dtype": "fp32"},
-            "gptq": {"method": "gptq", "group_size": 32, "dtype": "fp32", "calibration": dict(calib)},
-            "awq": {"method": "awq", "group_size": 32, "symmetric": False, "dtype": "fp32",
-                    "calibration": dict(calib)},
+            "nf4_dq": {
+                "method": "bnb-4bit",
+                "quant_type": "nf4",
+                "double_quant": True,
+                "compute_dtype": "fp32",
+                "dtype": "fp32",
+            },
+            "fp4": {
+                "method": "bnb-4bit",
+                "quant_type": "fp4",
+                "compute_dtype": "fp32",
+                "dtype": "fp32",
+            },
+            "gptq": {
+                "method": "gptq",
+                "group_size": 32,
+                "dtype": "fp32",
+                "calibration": dict(calib),
+            },
+            "awq": {
+                "method": "awq",
+                "group_size": 32,
+                "symmetric": False,
+                "dtype": "fp32",
+                "calibration": dict(calib),
+            },
         },  # fmt: skip
         "tasks": {
             "demo_capitals": {"limit": LIMITS["demo_capitals"], "batch_size": "auto"},
@@ -110,7 +130,9 @@ def snakemake(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -164,5 +186,3 @@ def tiny_study(tmp_path_factory, tokenizer_dir, calibration_file) -> Path:
     snakemake(work, "-c2")
     snakemake(work, "--report", str(work / "report.html"))
     return work
-
-

@@ -476,7 +476,9 @@ def test_snakemake_script_writes_the_json(dirs, tmp_path):
 def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
     """A search whose process dies (here: the arm cannot even load) is recorded, not raised."""
     settings = bm.resolve_settings(bm.SMALL_SETTINGS)
-    result = bm._largest_batch_isolated(tmp_path / "no-such-arm", "eager", settings, torch.device("cpu"))
+    result = bm._largest_batch_isolated(
+        tmp_path / "no-such-arm", "eager", settings, torch.device("cpu")
+    )
     assert result["supported"] is False
     assert "exit code 1" in result["reason"] and "no-such-arm" in result["reason"]
     assert result["batch_size"] == 0 and result["probes"] == []
@@ -484,11 +486,17 @@ def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
 
 def test_largest_batch_in_a_child_process_finds_the_limit(dirs):
     settings = bm.resolve_settings(
-        {**bm.SMALL_SETTINGS, "largest_batch": {**bm.SMALL_SETTINGS["largest_batch"], "modes": ["eager"]}}
+        {
+            **bm.SMALL_SETTINGS,
+            "largest_batch": {**bm.SMALL_SETTINGS["largest_batch"], "modes": ["eager"]},
+        }
     )
     result = bm._largest_batch_isolated(dirs["nf4"], "eager", settings, torch.device("cpu"))
     assert result["supported"] is True
-    jsonschema.validate({"eager": result}, bm.BENCH_SCHEMA["properties"]["largest_batch"] | {"$defs": bm.BENCH_SCHEMA["$defs"]})
+    jsonschema.validate(
+        {"eager": result},
+        bm.BENCH_SCHEMA["properties"]["largest_batch"] | {"$defs": bm.BENCH_SCHEMA["$defs"]},
+    )
     assert result["batch_size"] == settings["largest_batch"]["limit"] and result["hit_limit"]
     assert [p["batch_size"] for p in result["probes"]] == [1, 2, 4]
 

@@ -47,8 +47,16 @@ def test_defaults_are_filled():
 @pytest.mark.parametrize(
     "mutate, field, words",
     [
-        (lambda c: c["arms"]["nf4"].update(method="bnb-5bit"), "['arms']['nf4']['method']", "bnb-5bit"),
-        (lambda c: c["arms"]["nf4"].update(quant_type="nf5"), "['arms']['nf4']['quant_type']", "nf5"),
+        (
+            lambda c: c["arms"]["nf4"].update(method="bnb-5bit"),
+            "['arms']['nf4']['method']",
+            "bnb-5bit",
+        ),
+        (
+            lambda c: c["arms"]["nf4"].update(quant_type="nf5"),
+            "['arms']['nf4']['quant_type']",
+            "nf5",
+        ),
         (lambda c: c["arms"]["gptq"].update(quant_type="nf4"), "['arms']['gptq']", "quant_type"),
         (lambda c: c.pop("tasks"), "", "'tasks' is a required property"),
         (lambda c: c["tasks"].update(arc_easy={"limt": 5}), "['tasks']['arc_easy']", "limt"),
@@ -75,7 +83,9 @@ def test_check_names_missing_files_and_baseline(tmp_path):
         qconfig.check(cfg, root=tmp_path)
     cfg.pop("baseline")
     cfg["arms"]["gptq"]["calibration"]["path"] = "missing.txt"
-    with pytest.raises(qconfig.ConfigError, match=r"^arms\.gptq\.calibration\.path: .*missing\.txt"):
+    with pytest.raises(
+        qconfig.ConfigError, match=r"^arms\.gptq\.calibration\.path: .*missing\.txt"
+    ):
         qconfig.check(cfg, root=tmp_path)
     cfg2 = validated({**MINIMAL, "model": {"source": "gguf", "path": "x.gguf"}})
     with pytest.raises(qconfig.ConfigError, match=r"^model\.path: .*x\.gguf.* does not exist"):
@@ -93,13 +103,19 @@ def test_typed_arms_reject_unknown_fields():
     assert isinstance(arms["nf4"], Bnb4bitArm) and arms["nf4"].double_quant
     assert isinstance(arms["gptq"], LlmCompressorArm) and arms["gptq"].scheme_name == "W4A16"
     assert arms["gptq"].calibration.seq_len == 2048
-    with pytest.raises(qconfig.ConfigError, match=r"^arms\.x\.quant_type: 'nf5' is not one of nf4, fp4"):
+    with pytest.raises(
+        qconfig.ConfigError, match=r"^arms\.x\.quant_type: 'nf5' is not one of nf4, fp4"
+    ):
         parse_arm("x", {"method": "bnb-4bit", "quant_type": "nf5"})
-    with pytest.raises(qconfig.ConfigError, match=r"^arms\.x\.group: unknown field for method 'gptq'"):
+    with pytest.raises(
+        qconfig.ConfigError, match=r"^arms\.x\.group: unknown field for method 'gptq'"
+    ):
         parse_arm("x", {"method": "gptq", "group": 64})
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "config/demo.yaml", "config/llama-3.2-1b-shapes.yaml"])
+@pytest.mark.parametrize(
+    "path", ["config.yaml", "config/demo.yaml", "config/llama-3.2-1b-shapes.yaml"]
+)
 def test_shipped_configs_are_valid(path):
     if not (ROOT / path).exists():
         pytest.skip(f"{path} not shipped")

@@ -44,10 +44,26 @@ def built(tiny_source, calibration_file, tmp_path_factory):
     specs = {
         "bf16": {"method": "baseline", "dtype": "bf16"},
         "int8": {"method": "bnb-int8", "dtype": "fp32"},
-        "nf4_dq": {"method": "bnb-4bit", "quant_type": "nf4", "double_quant": True, "dtype": "fp32"},
-        "fp4": {"method": "bnb-4bit", "quant_type": "fp4", "compute_dtype": "fp32", "dtype": "fp32"},
+        "nf4_dq": {
+            "method": "bnb-4bit",
+            "quant_type": "nf4",
+            "double_quant": True,
+            "dtype": "fp32",
+        },
+        "fp4": {
+            "method": "bnb-4bit",
+            "quant_type": "fp4",
+            "compute_dtype": "fp32",
+            "dtype": "fp32",
+        },
         "gptq": {"method": "gptq", "group_size": 32, "dtype": "fp32", "calibration": calib},
-        "awq": {"method": "awq", "group_size": 32, "symmetric": False, "dtype": "fp32", "calibration": calib},
+        "awq": {
+            "method": "awq",
+            "group_size": 32,
+            "symmetric": False,
+            "dtype": "fp32",
+            "calibration": calib,
+        },
     }
     root = tmp_path_factory.mktemp("arms")
     out = {}
@@ -85,8 +101,12 @@ def test_int8_weights_are_rowwise_int8(built, tiny_source):
     assert "lm_head.weight" in t and t["lm_head.weight"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("arm, quant_type, nested", [("nf4_dq", "nf4", True), ("fp4", "fp4", False)])
-def test_4bit_weights_are_packed_and_dequantize_to_the_source(built, tiny_source, arm, quant_type, nested):
+@pytest.mark.parametrize(
+    "arm, quant_type, nested", [("nf4_dq", "nf4", True), ("fp4", "fp4", False)]
+)
+def test_4bit_weights_are_packed_and_dequantize_to_the_source(
+    built, tiny_source, arm, quant_type, nested
+):
     import bitsandbytes.functional as F
     from transformers import AutoModelForCausalLM
 
@@ -152,7 +172,9 @@ def test_llmcompressor_reload_is_the_grid_the_files_hold(built, tiny_source, arm
     if arm == "awq":
         zp = unpack_from_int32(t[f"{name}.weight_zero_point"], 4, torch.Size([fout, fin // 32]), 0)
         zero = zp.float().repeat_interleave(32, dim=1)
-    assert torch.allclose(w, scale * (q - zero), atol=1e-6), "reloaded weights are not the stored grid"
+    assert torch.allclose(w, scale * (q - zero), atol=1e-6), (
+        "reloaded weights are not the stored grid"
+    )
     src = source_weight(tiny_source, name)
     rel = (w - src).norm() / src.norm()
     assert rel < 0.25, f"{arm} weights are {rel:.2f} (relative) away from the source"

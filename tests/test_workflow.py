@@ -17,6 +17,7 @@ from tests.conftest import LIMITS, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
 
+
 def results(work: Path) -> Path:
     return work / "results" / "tiny"
 
@@ -79,7 +80,10 @@ def test_tables_hold_every_arm_task_and_metric(tiny_study):
     expected = {
         (arm, task, metric)
         for arm in config["arms"]
-        for task, metrics in {"demo_capitals": ("acc", "acc_norm"), "demo_passage_qa": ("em", "f1")}.items()
+        for task, metrics in {
+            "demo_capitals": ("acc", "acc_norm"),
+            "demo_passage_qa": ("em", "f1"),
+        }.items()
         for metric in metrics
     }
     assert set(zip(table.arm, table.task, table.metric)) == expected
@@ -92,7 +96,11 @@ def test_tables_hold_every_arm_task_and_metric(tiny_study):
         assert memory.loc[arm, "disk_bytes"] == rec["disk_bytes"]
         assert memory.loc[arm, "memory_bytes"] == rec["memory_bytes"]["total"]
     # 4-bit linears are packed two weights to a byte: the 4-bit arms hold fewer bytes
-    assert memory.loc["nf4_dq", "memory_bytes"] < memory.loc["int8", "memory_bytes"] < memory.loc["fp32", "memory_bytes"]
+    assert (
+        memory.loc["nf4_dq", "memory_bytes"]
+        < memory.loc["int8", "memory_bytes"]
+        < memory.loc["fp32", "memory_bytes"]
+    )
 
 
 def test_report_has_tables_and_figure(tiny_study):
@@ -170,4 +178,6 @@ def test_benchmark_table_has_every_arm_and_mode(tiny_study):
             assert bench["is_baseline"] and bench["models"]["baseline"] is None
         else:
             base = decode["baseline"]["ms_per_token"]["median"]
-            assert row["ratio_to_baseline"] == pytest.approx(decode["arm"]["ms_per_token"]["median"] / base)
+            assert row["ratio_to_baseline"] == pytest.approx(
+                decode["arm"]["ms_per_token"]["median"] / base
+            )

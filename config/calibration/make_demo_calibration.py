@@ -28,10 +28,18 @@ def paragraphs(min_chars: int = 200) -> list[str]:
         mod = importlib.import_module(name)
         objs = [mod] + [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]
         for obj in objs:
-            doc = inspect.getdoc(obj) if (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj)) else None
+            doc = (
+                inspect.getdoc(obj)
+                if (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj))
+                else None
+            )
             for para in re.split(r"\n\s*\n", doc or ""):
                 text = " ".join(para.split())
-                if len(text) >= min_chars and not text.startswith((">>>", "-", "*")) and text not in seen:
+                if (
+                    len(text) >= min_chars
+                    and not text.startswith((">>>", "-", "*"))
+                    and text not in seen
+                ):
                     seen.add(text)
                     out.append(text)
     return out

@@ -193,8 +193,9 @@ def _display_country(country: str) -> str:
     return country[0].upper() + country[1:]
 
 
-def _mc_item(rng: random.Random, item_id: str, kind: str, question: str,
-             answer: str, pool: list[str]) -> dict:
+def _mc_item(
+    rng: random.Random, item_id: str, kind: str, question: str, answer: str, pool: list[str]
+) -> dict:
     distractors = rng.sample([p for p in pool if p != answer], N_CHOICES - 1)
     choices = distractors + [answer]
     rng.shuffle(choices)
@@ -216,13 +217,26 @@ def make_capitals(seed: int = CAPITALS_SEED) -> list[dict]:
     items: list[dict] = []
     for country, capital in COUNTRY_CAPITALS:
         slug = _slug(country.removeprefix("the "))
-        items.append(_mc_item(
-            rng, f"capitals-c2k-{slug}", "country_to_capital",
-            f"What is the capital of {country}?", capital, capitals))
-        items.append(_mc_item(
-            rng, f"capitals-k2c-{slug}", "capital_to_country",
-            f"{capital} is the capital of which country?",
-            _display_country(country), countries))
+        items.append(
+            _mc_item(
+                rng,
+                f"capitals-c2k-{slug}",
+                "country_to_capital",
+                f"What is the capital of {country}?",
+                capital,
+                capitals,
+            )
+        )
+        items.append(
+            _mc_item(
+                rng,
+                f"capitals-k2c-{slug}",
+                "capital_to_country",
+                f"{capital} is the capital of which country?",
+                _display_country(country),
+                countries,
+            )
+        )
     return items
 
 
@@ -233,30 +247,132 @@ def make_capitals(seed: int = CAPITALS_SEED) -> list[dict]:
 # the model has to read the passage (world knowledge does not help).
 # Value pools are disjoint from each other so every answer is unambiguous.
 # ---------------------------------------------------------------------------
-FEMALE_NAMES = ["Anna", "Maria", "Elena", "Sofia", "Clara", "Nora", "Lena", "Julia",
-                "Emma", "Rosa", "Ingrid", "Priya", "Amara", "Yuki", "Leila", "Marta"]
-MALE_NAMES = ["David", "Tomas", "Lukas", "Omar", "Pavel", "Hugo", "Felix", "Marco",
-              "Jonas", "Kenji", "Ravi", "Samuel", "Oscar", "Victor", "Milan", "Andre"]
-SURNAMES = ["Kowalski", "Moreno", "Lindqvist", "Okafor", "Brennan", "Haddad", "Novak",
-            "Castillo", "Fischer", "Tanaka", "Romano", "Petrov", "Dubois", "Jensen",
-            "Mensah", "Silva"]
-JOBS = ["baker", "nurse", "pilot", "teacher", "carpenter", "librarian", "dentist",
-        "farmer", "plumber", "architect", "chef", "mechanic", "photographer",
-        "journalist", "electrician", "pharmacist"]
-CITIES = ["Lisbon", "Oslo", "Lyon", "Krakow", "Porto", "Dublin", "Bergen", "Seville",
-          "Turin", "Leeds", "Ghent", "Graz", "Utrecht", "Malmo", "Riga", "Tampere"]
+FEMALE_NAMES = [
+    "Anna",
+    "Maria",
+    "Elena",
+    "Sofia",
+    "Clara",
+    "Nora",
+    "Lena",
+    "Julia",
+    "Emma",
+    "Rosa",
+    "Ingrid",
+    "Priya",
+    "Amara",
+    "Yuki",
+    "Leila",
+    "Marta",
+]
+MALE_NAMES = [
+    "David",
+    "Tomas",
+    "Lukas",
+    "Omar",
+    "Pavel",
+    "Hugo",
+    "Felix",
+    "Marco",
+    "Jonas",
+    "Kenji",
+    "Ravi",
+    "Samuel",
+    "Oscar",
+    "Victor",
+    "Milan",
+    "Andre",
+]
+SURNAMES = [
+    "Kowalski",
+    "Moreno",
+    "Lindqvist",
+    "Okafor",
+    "Brennan",
+    "Haddad",
+    "Novak",
+    "Castillo",
+    "Fischer",
+    "Tanaka",
+    "Romano",
+    "Petrov",
+    "Dubois",
+    "Jensen",
+    "Mensah",
+    "Silva",
+]
+JOBS = [
+    "baker",
+    "nurse",
+    "pilot",
+    "teacher",
+    "carpenter",
+    "librarian",
+    "dentist",
+    "farmer",
+    "plumber",
+    "architect",
+    "chef",
+    "mechanic",
+    "photographer",
+    "journalist",
+    "electrician",
+    "pharmacist",
+]
+CITIES = [
+    "Lisbon",
+    "Oslo",
+    "Lyon",
+    "Krakow",
+    "Porto",
+    "Dublin",
+    "Bergen",
+    "Seville",
+    "Turin",
+    "Leeds",
+    "Ghent",
+    "Graz",
+    "Utrecht",
+    "Malmo",
+    "Riga",
+    "Tampere",
+]
 PETS = ["dog", "cat", "parrot", "rabbit", "turtle", "hamster", "goat", "pony"]
-PET_NAMES = ["Biscuit", "Pepper", "Rocky", "Luna", "Max", "Daisy", "Ziggy", "Mango",
-             "Olive", "Bruno", "Coco", "Pickles", "Shadow", "Ginger", "Tofu", "Waffles"]
-COLORS = ["red", "blue", "green", "yellow", "orange", "purple", "white", "black",
-          "silver", "brown"]
+PET_NAMES = [
+    "Biscuit",
+    "Pepper",
+    "Rocky",
+    "Luna",
+    "Max",
+    "Daisy",
+    "Ziggy",
+    "Mango",
+    "Olive",
+    "Bruno",
+    "Coco",
+    "Pickles",
+    "Shadow",
+    "Ginger",
+    "Tofu",
+    "Waffles",
+]
+COLORS = ["red", "blue", "green", "yellow", "orange", "purple", "white", "black", "silver", "brown"]
 VEHICLES = ["bicycle", "car", "truck", "scooter", "van", "motorcycle"]
-FOODS = ["lentil soup", "apple pie", "fried rice", "fish tacos", "mushroom risotto",
-         "pancakes", "chicken curry", "tomato salad", "beef stew", "pumpkin bread"]
+FOODS = [
+    "lentil soup",
+    "apple pie",
+    "fried rice",
+    "fish tacos",
+    "mushroom risotto",
+    "pancakes",
+    "chicken curry",
+    "tomato salad",
+    "beef stew",
+    "pumpkin bread",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 PLACES = ["market", "library", "beach", "park", "gym", "museum", "lake", "harbor"]
-INSTRUMENTS = ["violin", "piano", "guitar", "drums", "flute", "trumpet", "cello",
-               "harmonica"]
+INSTRUMENTS = ["violin", "piano", "guitar", "drums", "flute", "trumpet", "cello", "harmonica"]
 # question types whose wording contains the other's answer
 PAIRED = {"pet_name": "pet_kind", "pet_kind": "pet_name", "day": "place", "place": "day"}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
@@ -281,8 +397,9 @@ def _person(rng: random.Random) -> dict:
     female = rng.random() < 0.5
     first = rng.choice(FEMALE_NAMES if female else MALE_NAMES)
     sibling_female = rng.random() < 0.5
-    sibling = rng.choice([n for n in (FEMALE_NAMES if sibling_female else MALE_NAMES)
-                          if n != first])
+    sibling = rng.choice(
+        [n for n in (FEMALE_NAMES if sibling_female else MALE_NAMES) if n != first]
+    )
     place = rng.choice(PLACES)
     n_children = rng.choice(sorted(NUMBER_WORDS))
     return {
@@ -355,15 +472,17 @@ def make_passage_qa(seed: int = PASSAGE_QA_SEED, n: int = N_PASSAGE_QA) -> list[
             q, a, _ = _qa(t, p)
             history.append({"question": q, "answer": a})
         question, answer, answers = _qa(target, p)
-        items.append({
-            "id": f"passage-qa-{i:04d}",
-            "qtype": target,
-            "passage": passage,
-            "history": history,
-            "question": question,
-            "answer": answer,
-            "answers": answers,
-        })
+        items.append(
+            {
+                "id": f"passage-qa-{i:04d}",
+                "qtype": target,
+                "passage": passage,
+                "history": history,
+                "question": question,
+                "answer": answer,
+                "answers": answers,
+            }
+        )
     return items
 
 
@@ -382,16 +501,23 @@ def build_all() -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help=f"output directory (default: {DEFAULT_OUT})")
-    ap.add_argument("--check", action="store_true",
-                    help="do not write; exit 1 if files in --out differ from the generator")
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})"
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if files in --out differ from the generator",
+    )
     args = ap.parse_args(argv)
 
     files = build_all()
     if args.check:
-        stale = [n for n, b in files.items()
-                 if not (args.out / n).is_file() or (args.out / n).read_bytes() != b]
+        stale = [
+            n
+            for n, b in files.items()
+            if not (args.out / n).is_file() or (args.out / n).read_bytes() != b
+        ]
         for n in stale:
             print(f"stale or missing: {args.out / n}", file=sys.stderr)
         return 1 if stale else 0
