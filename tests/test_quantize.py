@@ -201,6 +201,11 @@ def test_memory_accounting(built, tiny_source):
     n_linear = sum(fin * fout for fin, fout in LAYER_LINEARS.values()) * LAYERS
     dense = mem["nf4_dq"]["parameters"] - n_linear // 2
     assert dense == mem["fp4"]["parameters"] - n_linear // 2
-    assert mem["fp4"]["quant_state"] >= n_linear // 64 * 4  # one fp32 absmax per block
-    assert mem["nf4_dq"]["quant_state"] < mem["fp4"]["quant_state"]  # double quant shrinks them
+    # without double quant: one fp32 absmax per 64-block plus a 16-entry fp32 code per layer
+    assert mem["fp4"]["quant_state"] == n_linear // 64 * 4 + N_QUANTIZED * 16 * 4
+    # with it the block absmaxes are uint8 (one byte per block), plus the nested state per layer
+    model = AutoModelForCausalLM.from_pretrained(built["nf4_dq"], device_map="cpu")
+    states = [m.weight.quant_state for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert {s.absmax.dtype for s in states} == {torch.uint8}
+    assert sum(s.absmax.numel() for s in states) == n_linear // 64
     assert len(linear_names(src)) == N_QUANTIZED + 1
