@@ -16,12 +16,12 @@ rule aggregate:
             labels={"table": "memory per arm"},
         ),
         summary="results/{study}/tables/summary.md",
-    params:
-        baseline=BASELINE,
     log:
         "logs/{study}/aggregate.log",
     conda:
         "../envs/quantstudy.yaml"
+    params:
+        baseline=BASELINE,
     script:
         "../scripts/aggregate.py"
 

@@ -10,7 +10,6 @@ sys.path.insert(0, workflow.basedir)
 
 from quantstudy import config as qconfig  # noqa: E402
 
-
 # --- config: schema (with defaults), then the checks a schema cannot make -------------------
 qconfig.normalise(config)
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -129,7 +128,10 @@ def get_dataset_spec(wildcards):
 
 def get_baseline_eval(wildcards):
     """With batch_size auto, every arm waits for the baseline's run and uses its batch size."""
-    if config["tasks"][wildcards.task]["batch_size"] == "auto" and wildcards.arm != BASELINE:
+    if (
+        config["tasks"][wildcards.task]["batch_size"] == "auto"
+        and wildcards.arm != BASELINE
+    ):
         return [f"results/{wildcards.study}/eval/{BASELINE}/{wildcards.task}.json"]
     return []
 

@@ -7,13 +7,13 @@ localrules:
 rule download_model:
     output:
         directory("results/{study}/download"),
-    params:
-        repo_id=lookup(dpath="model/repo_id", within=config, default=None),
-        revision=lookup(dpath="model/revision", within=config),
     log:
         "logs/{study}/download_model.log",
     conda:
         "../envs/quantstudy.yaml"
+    params:
+        repo_id=lookup(dpath="model/repo_id", within=config, default=None),
+        revision=lookup(dpath="model/revision", within=config),
     script:
         "../scripts/download_model.py"
 
@@ -21,12 +21,12 @@ rule download_model:
 rule download_datasets:
     output:
         "results/{study}/datasets/{dataset}.json",
-    params:
-        spec=get_dataset_spec,
     log:
         "logs/{study}/datasets/{dataset}.log",
     conda:
         "../envs/quantstudy.yaml"
+    params:
+        spec=get_dataset_spec,
     script:
         "../scripts/download_dataset.py"
 
@@ -36,13 +36,13 @@ rule prepare_model:
         unpack(get_prepare_input),
     output:
         directory("results/{study}/source"),
-    params:
-        model=lookup(dpath="model", within=config),
     log:
         "logs/{study}/prepare_model.log",
-    resources:
-        mem_mb=16000,
     conda:
         "../envs/quantstudy.yaml"
+    resources:
+        mem_mb=16000,
+    params:
+        model=lookup(dpath="model", within=config),
     script:
         "../scripts/prepare_model.py"

@@ -5,17 +5,17 @@ rule evaluate:
     output:
         json="results/{study}/eval/{arm}/{task}.json",
         samples="results/{study}/eval/{arm}/{task}.samples.jsonl",
-    params:
-        task=get_task,
-        evaluation=lookup(dpath="evaluation", within=config),
     log:
         "logs/{study}/eval/{arm}/{task}.log",
+    conda:
+        "../envs/quantstudy.yaml"
     resources:
         gpu=1,
         gpu_mem_mb=get_eval_gpu_mem_mb,
         mem_mb=32000,
         runtime=240,
-    conda:
-        "../envs/quantstudy.yaml"
+    params:
+        task=get_task,
+        evaluation=lookup(dpath="evaluation", within=config),
     script:
         "../scripts/evaluate.py"

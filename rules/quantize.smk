@@ -4,16 +4,16 @@ rule quantize:
         calibration=get_calibration_input,
     output:
         directory("results/{study}/models/{arm}"),
-    params:
-        arm=get_arm,
     log:
         "logs/{study}/quantize/{arm}.log",
+    conda:
+        "../envs/quantstudy.yaml"
     resources:
         gpu=1,
         gpu_mem_mb=get_quantize_gpu_mem_mb,
         mem_mb=32000,
         runtime=120,
-    conda:
-        "../envs/quantstudy.yaml"
+    params:
+        arm=get_arm,
     script:
         "../scripts/quantize.py"

@@ -1,0 +1,481 @@
+"""The analysis stage: per-example records into paired statistics and a decision table per arm.
+
+Inputs are the jobs' own files (`eval/{arm}/{task}.samples.jsonl` and `.json`,
+`models/{arm}/quantize.json`, `bench/{arm}.json`), read for the arms and tasks that have them;
+every configured arm and task still gets its rows, marked "missing" where its outputs are absent.
+The statistics themselves are :func:`quantstudy.stats.compare`; this module only loads, orients
+and summarises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import report, stats
+from .aggregate import load_quantize_records
+from .report import VERDICT_PREFIX
+
+SAMPLES_SUFFIX = ".samples.jsonl"
+DECISION_COLUMNS = [
+    "arm", "method", "bits", "role", "status", "memory_bytes", "memory_vs_baseline",
+    "disk_bytes", "speed_vs_baseline", "speed_measure", "worst_loss", "worst_loss_diff",
+    "worst_loss_task", "worst_loss_metric", "recommended",
+]  # fmt: skip
+"""Columns of the decision table before its one verdict column per task (``verdict:<task>``)."""
+
+SPEED_MODES = ("static", "eager")
+"""Execution modes whose batch-1 decode speed is the decision's speed, first supported wins."""
+
+
+# --------------------------------------------------------------------------- what exists
+# Snakemake has no optional inputs: a job whose input failed never runs. compare and report must
+# still run when an arm fails, and show it as missing. A failed job leaves its log and no output
+# (Snakemake deletes the outputs of a failed job, never its log), so the analysis leaves out the
+# outputs of jobs that ran and failed, and waits for everything else.
+
+
+def has_failed(output: Path | str, log: Path | str, root: Path | str = ".") -> bool:
+    """Whether a job ran before and failed: its log is there, its output is not."""
+    root = Path(root)
+    return (root / log).exists() and not (root / output).exists()
+
+
+def _missing(stage: str, arm: str, task: str | None, reason: str) -> dict[str, Any]:
+    return {"stage": stage, "arm": arm, "task": task, "reason": reason}
+
+
+def missing_outputs(
+    study: str, config: Mapping[str, Any], baseline: str, root: Path | str = "."
+) -> list[dict[str, Any]]:
+    """The outputs the analysis does without, and why: [{stage, arm, task, reason}].
+
+    An arm whose quantize job failed has no model, evaluations or benchmark; an evaluation that
+    failed, or that waits for the baseline's batch size (batch_size auto) when the baseline's run
+    of the task failed, is missing; a benchmark that failed, or has no model (its own or the
+    baseline's) to measure, is missing. Paths are the workflow's, relative to ``root``.
+    """
+    arms, tasks = list(config["arms"]), list(config["tasks"])
+    missing = []
+    no_model = set()
+    for arm in arms:
+        log = f"logs/{study}/quantize/{arm}.log"
+        if has_failed(f"results/{study}/models/{arm}", log, root):
+            no_model.add(arm)
+            missing.append(_missing("quantize", arm, None, f"quantize failed (log: {log})"))
+    for task in tasks:
+        base_failed = baseline in no_model or has_failed(
+            f"results/{study}/eval/{baseline}/{task}.json",
+            f"logs/{study}/eval/{baseline}/{task}.log",
+            root,
+        )
+        waits_for_base = config["tasks"][task].get("batch_size", "auto") == "auto"
+        for arm in arms:
+            log = f"logs/{study}/eval/{arm}/{task}.log"
+            if arm in no_model:
+                continue
+            if has_failed(f"results/{study}/eval/{arm}/{task}.json", log, root):
+                reason = f"evaluation failed (log: {log})"
+            elif arm != baseline and waits_for_base and base_failed:
+                reason = "not evaluated: it takes the baseline's batch size, and that run failed"
+            else:
+                continue
+            missing.append(_missing("evaluate", arm, task, reason))
+    if (config.get("benchmark") or {}).get("enabled", True):
+        for arm in arms:
+            log = f"logs/{study}/bench/{arm}.log"
+            if arm in no_model or baseline in no_model:
+                reason = "not benchmarked: no model to measure"
+            elif has_failed(f"results/{study}/bench/{arm}.json", log, root):
+                reason = f"benchmark failed (log: {log})"
+            else:
+                continue
+            missing.append(_missing("benchmark", arm, None, reason))
+    return missing
+
+
+def analysis_inputs(
+    study: str, config: Mapping[str, Any], missing: Sequence[Mapping[str, Any]]
+) -> dict[str, list[str]]:
+    """The per-arm outputs compare and report read: every configured one but the missing ones.
+
+    Keys: samples and evals (per arm and task), models (per arm), bench (per arm; none when the
+    benchmark is disabled).
+    """
+    arms, tasks = list(config["arms"]), list(config["tasks"])
+    no_model = {m["arm"] for m in missing if m["stage"] == "quantize"}
+    no_eval = {(m["arm"], m["task"]) for m in missing if m["stage"] == "evaluate"}
+    no_bench = {m["arm"] for m in missing if m["stage"] == "benchmark"}
+    pairs = [(a, t) for a in arms for t in tasks if a not in no_model and (a, t) not in no_eval]
+    benchmarked = (config.get("benchmark") or {}).get("enabled", True)
+    return {
+        "samples": [f"results/{study}/eval/{a}/{t}.samples.jsonl" for a, t in pairs],
+        "evals": [f"results/{study}/eval/{a}/{t}.json" for a, t in pairs],
+        "models": [f"results/{study}/models/{a}" for a in arms if a not in no_model],
+        "bench": [
+            f"results/{study}/bench/{a}.json"
+            for a in (arms if benchmarked else [])
+            if a not in no_model and a not in no_bench
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def arm_task_of(samples_path: Path | str) -> tuple[str, str]:
+    """(arm, task) of an `eval/{arm}/{task}.samples.jsonl` path."""
+    path = Path(samples_path)
+    if not path.name.endswith(SAMPLES_SUFFIX):
+        raise ValueError(f"{path}: not a {SAMPLES_SUFFIX} file")
+    return path.parent.name, path.name[: -len(SAMPLES_SUFFIX)]
+
+
+def _numeric(value: Any) -> float | None:
+    """A per-example metric value as float; None for values that are not one number."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def sample_rows(records: Iterable[Mapping[str, Any]], arm: str, task: str) -> list[dict]:
+    """Long-table rows (task, doc_id, doc_hash, arm, metric, value, subject) of one samples file.
+
+    ``subject`` is the record's own task when it differs from the configured one (the subtask of
+    a group such as MMLU), else None. Metrics whose per-example value is not a single number
+    (perplexity tasks log (loglikelihood, length) pairs, aggregated over the corpus) are skipped:
+    they cannot be paired item by item.
+    """
+    rows = []
+    for rec in records:
+        own = rec.get("task") or task
+        for metric, raw in rec["metrics"].items():
+            value = _numeric(raw)
+            if value is None:
+                continue
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": rec["doc_id"],
+                    "doc_hash": rec.get("doc_hash"),
+                    "arm": arm,
+                    "metric": metric,
+                    "value": value,
+                    "subject": own if own != task else None,
+                }
+            )
+    return rows
+
+
+def load_samples(samples_files: Iterable[Path | str]) -> pd.DataFrame:
+    """The long table of per-example scores from `eval/{arm}/{task}.samples.jsonl` files."""
+    rows: list[dict] = []
+    for path in samples_files:
+        arm, task = arm_task_of(path)
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        rows += sample_rows(records, arm, task)
+    columns = ["task", "doc_id", "doc_hash", "arm", "metric", "value", "subject"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def higher_is_better(eval_jsons: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], bool]:
+    """{(task, metric name): higher is better} from lm-eval's results of every evaluation.
+
+    Metric names are those of the samples files: the filter is not part of the lookup.
+    A metric lm-eval says nothing about counts as higher-is-better.
+    """
+    out: dict[tuple[str, str], bool] = {}
+    for ev in eval_jsons:
+        task = ev["task"]
+        for entries in (ev.get("higher_is_better") or {}).values():
+            for metric, hib in (entries or {}).items():
+                if hib is not None:
+                    out[(task, metric)] = bool(hib)
+    return out
+
+
+def _base_metric(metric: str) -> str:
+    """The metric's name without its filter (`exact_match,strict-match` -> `exact_match`)."""
+    return str(metric).split(",", 1)[0]
+
+
+def orient(comparisons: pd.DataFrame, hib: Mapping[tuple[str, str], bool]) -> pd.DataFrame:
+    """Comparisons with a ``higher_is_better`` column and verdicts that read as gain or loss.
+
+    :func:`quantstudy.stats.compare` calls a positive difference "better". For a metric where
+    lower is better (perplexity, bits per byte) a positive difference is a loss, so "better"
+    and "worse" swap there; the numbers stay as they are (arm minus baseline).
+    """
+    out = comparisons.copy()
+    out["higher_is_better"] = [
+        hib.get((t, _base_metric(m)), True) if isinstance(m, str) else True
+        for t, m in zip(out["task"], out["metric"], strict=True)
+    ]
+    swap = {"better": "worse", "worse": "better"}
+    lower = ~out["higher_is_better"]
+    out.loc[lower, "verdict"] = out.loc[lower, "verdict"].map(lambda v: swap.get(v, v))
+    return out
+
+
+# --------------------------------------------------------------------------- speed and memory
+
+
+@dataclass(frozen=True)
+class Speed:
+    """An arm's decode speed relative to the baseline, and how it was measured."""
+
+    ratio: float  # baseline ms/token / arm ms/token: > 1 means the arm decodes faster
+    measure: str
+
+
+def decode_speed(bench: Mapping[str, Any]) -> Speed:
+    """Batch-1 decode speed of a `bench/{arm}.json` relative to its interleaved baseline.
+
+    The static mode's decode is taken where it ran, else the eager mode's; the ratio is the
+    baseline's median ms/token over the arm's (> 1 = faster). The baseline arm is 1 by definition.
+    """
+    for mode in SPEED_MODES:
+        res = (bench.get("modes") or {}).get(mode) or {}
+        decode = res.get("decode")
+        if not res.get("supported") or not decode:
+            continue
+        batch = decode.get("batch_size", 1)
+        measure = (
+            f"{mode} mode, decode ms/token at batch {batch} on {bench.get('device_kind', '?')}: "
+            "baseline / arm (> 1 = faster)"
+        )
+        if bench.get("is_baseline"):
+            return Speed(1.0, measure)
+        arm_ms = ((decode.get("arm") or {}).get("ms_per_token") or {}).get("median")
+        base_ms = ((decode.get("baseline") or {}).get("ms_per_token") or {}).get("median")
+        if arm_ms and base_ms and not (decode.get("arm") or {}).get("oom"):
+            return Speed(float(base_ms) / float(arm_ms), measure)
+    return Speed(math.nan, "not measured")
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def analyse(
+    samples: pd.DataFrame,
+    eval_jsons: Sequence[Mapping[str, Any]],
+    baseline: str,
+    arms: Sequence[str],
+    tasks: Sequence[str],
+    analysis: Mapping[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores, comparisons) of every configured arm and task, verdicts oriented by metric.
+
+    ``analysis`` is the config's `analysis` section (margin, alpha, n_boot, seed).
+    """
+    scores, comparisons = stats.compare(
+        samples,
+        baseline,
+        margin=analysis.get("margin", 0.01),
+        alpha=analysis.get("alpha", 0.05),
+        n_boot=analysis.get("n_boot", 2000),
+        seed=analysis.get("seed", 0),
+        arms=list(arms),
+        tasks=list(tasks),
+    )
+    comparisons = orient(comparisons, higher_is_better(eval_jsons))
+    return scores, comparisons
+
+
+def deciding_rows(comparisons: pd.DataFrame, primary: Mapping[str, str] | None) -> pd.DataFrame:
+    """The comparisons that decide verdicts: a task's primary metric where named, else all."""
+    if not primary:
+        return comparisons
+    keep = [
+        t not in primary or pd.isna(m) or m == primary[t]
+        for t, m in zip(comparisons["task"], comparisons["metric"], strict=True)
+    ]
+    return comparisons[keep]
+
+
+def worst_loss(rows: pd.DataFrame) -> dict[str, Any]:
+    """The largest significant loss among one arm's comparisons ("worse" verdicts), or none."""
+    worse = rows[rows["verdict"] == "worse"]
+    none = {"worst_loss": "none", "worst_loss_diff": math.nan}
+    if worse.empty:
+        return none | {"worst_loss_task": None, "worst_loss_metric": None}
+    sign = worse["higher_is_better"].map(lambda h: 1.0 if h else -1.0)
+    row = worse.loc[(worse["diff"] * sign).idxmin()]
+    text = (
+        f"{row['diff']:+.3f} on {row['task']} {row['metric']} "
+        f"(95% CI {row['diff_ci_low']:+.3f} to {row['diff_ci_high']:+.3f}, "
+        f"Holm p = {row['p_holm']:.2g})"
+    )
+    return {
+        "worst_loss": text,
+        "worst_loss_diff": float(row["diff"]),
+        "worst_loss_task": row["task"],
+        "worst_loss_metric": row["metric"],
+    }
+
+
+def _gap_reason(arm: str, task: str, baseline: str, missing: Mapping[Any, str]) -> str:
+    """Why an arm has no verdict on a task, in a few words."""
+    if (arm, task) in missing:
+        return missing[(arm, task)]
+    if baseline in missing or (baseline, task) in missing:
+        return "has no baseline to compare with"
+    return "not evaluated"
+
+
+def decision_table(
+    comparisons: pd.DataFrame,
+    arms: Mapping[str, Mapping[str, Any]],
+    baseline: str,
+    tasks: Sequence[str],
+    quant: Mapping[str, Mapping[str, Any]],
+    speeds: Mapping[str, Speed],
+    missing: Mapping[Any, str],
+    rule: str,
+    primary: Mapping[str, str] | None = None,
+) -> tuple[pd.DataFrame, stats.Recommendation]:
+    """One row per configured arm: memory, speed, verdict per task, worst loss, recommendation.
+
+    ``arms`` is the config's arms (every one gets a row, in config order); ``quant`` the
+    quantize.json of the arms that were built; ``speeds`` the decode speed of the benchmarked
+    ones; ``missing`` says why outputs are absent ({arm: reason} for an arm that was not built,
+    {(arm, task): reason} for an evaluation that did not run). The recommendation
+    is :func:`quantstudy.stats.recommend` under ``rule`` over the non-baseline arms.
+    """
+    deciding = deciding_rows(comparisons, primary)
+    verdicts = stats.task_verdicts(deciding, primary)
+    base_rec = quant.get(baseline)
+    base_mem = base_rec["memory_bytes"]["total"] if base_rec else math.nan
+    rows, decision_rows = [], []
+    for arm, spec in arms.items():
+        rec = quant.get(arm)
+        memory = float(rec["memory_bytes"]["total"]) if rec else math.nan
+        speed = speeds.get(arm) or Speed(math.nan, missing.get(("benchmark", arm), "not measured"))
+        arm_verdicts = {t: verdicts.get(arm, {}).get(t, "missing") for t in tasks}
+        if arm == baseline:
+            arm_verdicts = {t: "baseline" for t in tasks}
+        status = "ok" if rec else f"missing: {missing.get(arm, 'not built')}"
+        if rec and arm != baseline and "missing" in arm_verdicts.values():
+            gaps = [t for t, v in arm_verdicts.items() if v == "missing"]
+            status = "incomplete: " + "; ".join(
+                f"{t} {_gap_reason(arm, t, baseline, missing)}" for t in gaps
+            )
+        elif rec and arm == baseline:
+            gaps = [t for t in tasks if (arm, t) in missing]
+            if gaps:
+                status = "incomplete: " + "; ".join(f"{t} {missing[(arm, t)]}" for t in gaps)
+        row = {
+            "arm": arm,
+            "method": (rec or {}).get("method", spec.get("method")),
+            "bits": (rec or {}).get("bits"),
+            "role": "baseline" if arm == baseline else "candidate",
+            "status": status,
+            "memory_bytes": memory,
+            "memory_vs_baseline": memory / base_mem if base_mem else math.nan,
+            "disk_bytes": float(rec["disk_bytes"]) if rec else math.nan,
+            "speed_vs_baseline": speed.ratio,
+            "speed_measure": speed.measure,
+            "recommended": False,
+        }
+        row |= worst_loss(deciding[deciding["arm"] == arm])
+        row |= {f"{VERDICT_PREFIX}{t}": v for t, v in arm_verdicts.items()}
+        rows.append(row)
+        if arm != baseline:
+            decision_rows.append(stats.DecisionRow(arm, memory, speed.ratio, arm_verdicts))
+    recommendation = stats.recommend(decision_rows, rule)
+    table = pd.DataFrame(rows, columns=DECISION_COLUMNS + [f"{VERDICT_PREFIX}{t}" for t in tasks])
+    table["recommended"] = table["arm"] == recommendation.arm
+    return table, recommendation
+
+
+def power_by_task(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Per task and metric: items compared and the range of the minimum detectable difference."""
+    ok = comparisons[comparisons["verdict"] != "missing"]
+    if ok.empty:
+        return pd.DataFrame(columns=["task", "metric", "n", "mdd_min", "mdd_median", "mdd_max"])
+    return (
+        ok.groupby(["task", "metric"], sort=False)
+        .agg(
+            n=("n", "max"),
+            mdd_min=("mdd", "min"),
+            mdd_median=("mdd", "median"),
+            mdd_max=("mdd", "max"),
+        )
+        .reset_index()
+    )
+
+
+def missing_reasons(missing: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
+    """Why outputs are absent, from the rule's list: {arm: reason} for an arm not built,
+    {(arm, task): reason} for an evaluation, {("benchmark", arm): reason} for a benchmark."""
+    out: dict[Any, str] = {}
+    for m in missing:
+        if m.get("stage") == "benchmark":
+            out[("benchmark", m["arm"])] = m["reason"]
+        elif m.get("task"):
+            out[(m["arm"], m["task"])] = m["reason"]
+        else:
+            out[m["arm"]] = m["reason"]
+    return out
+
+
+def run(
+    samples_files: Sequence[Path | str],
+    eval_files: Sequence[Path | str],
+    model_dirs: Sequence[Path | str],
+    bench_files: Sequence[Path | str],
+    arms: Mapping[str, Mapping[str, Any]],
+    tasks: Sequence[str],
+    baseline: str,
+    analysis: Mapping[str, Any],
+    missing: Iterable[Mapping[str, Any]],
+    study: str,
+    out: Mapping[str, Path | str],
+) -> stats.Recommendation:
+    """The compare stage: read what exists, write scores, comparisons, decision and summaries.
+
+    ``out`` names the files: scores, comparisons, decision (CSV), decision_html, summary (RST
+    for the report's front page) and summary_md.
+    """
+    samples = load_samples(samples_files)
+    evals = [json.loads(Path(p).read_text()) for p in eval_files]
+    scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
+    quant = load_quantize_records(model_dirs)
+    speeds = {}
+    for p in bench_files:
+        bench = json.loads(Path(p).read_text())
+        speeds[bench["arm"]] = decode_speed(bench)
+    primary = analysis.get("primary_metrics") or {}
+    decision, rec = decision_table(
+        comparisons,
+        arms,
+        baseline,
+        tasks,
+        quant,
+        speeds,
+        missing_reasons(missing),
+        analysis.get("recommend", "smallest-equivalent"),
+        primary,
+    )
+    power = power_by_task(deciding_rows(comparisons, primary))
+    scores.to_csv(out["scores"], index=False)
+    comparisons.to_csv(out["comparisons"], index=False)
+    decision.to_csv(out["decision"], index=False)
+    summary = report.summary_sentences(decision, rec, power, analysis, baseline)
+    Path(out["decision_html"]).write_text(
+        report.decision_html(decision, comparisons, scores, summary, study)
+    )
+    Path(out["summary"]).write_text(report.summary_rst(decision, rec, power, analysis, baseline))
+    Path(out["summary_md"]).write_text(
+        report.summary_markdown(decision, rec, power, analysis, baseline, study)
+    )
+    return rec

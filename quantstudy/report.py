@@ -1,0 +1,585 @@
+"""What the report says in words and tables: the generated summary, table pages, provenance.
+
+Snakemake's report shows images and HTML pages inline but offers CSV files only as downloads,
+so every table a reader should see is also written as a small standalone HTML page here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+VERDICT_PREFIX = "verdict:"
+"""Decision-table columns holding an arm's verdict on one task are named `verdict:<task>`."""
+
+PROVENANCE_COLUMNS = ["section", "arm", "item", "value"]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_bytes(n: float) -> str:
+    """A byte count in MiB/GiB ("–" when unknown)."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "–"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def fmt_ratio(x: float) -> str:
+    """A ratio as "0.27×" ("–" when unknown)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}×"
+
+
+def _verdict_tasks(decision: pd.DataFrame) -> list[str]:
+    """The task names of the decision table's verdict columns, in order."""
+    return [c[len(VERDICT_PREFIX) :] for c in decision.columns if c.startswith(VERDICT_PREFIX)]
+
+
+def _short_loss(row: Mapping[str, Any]) -> str:
+    """The worst significant loss in a few words."""
+    diff = row.get("worst_loss_diff")
+    if diff is None or (isinstance(diff, float) and math.isnan(diff)):
+        return "none" if str(row.get("status", "ok")) == "ok" else "–"
+    return f"{diff:+.3f} ({row['worst_loss_task']} {row['worst_loss_metric']})"
+
+
+def decision_display(decision: pd.DataFrame) -> pd.DataFrame:
+    """The decision table as a reader sees it: one row per arm, words and formatted numbers."""
+    tasks = _verdict_tasks(decision)
+    rows = []
+    for r in decision.to_dict("records"):
+        note = "recommended" if r["recommended"] else ""
+        if r["role"] == "baseline":
+            note = "baseline"
+        if str(r["status"]) != "ok":
+            note = (note + "; " if note else "") + str(r["status"])
+        rows.append(
+            {
+                "arm": r["arm"],
+                "method": r["method"],
+                "memory (× baseline)": (
+                    f"{fmt_bytes(r['memory_bytes'])} ({fmt_ratio(r['memory_vs_baseline'])})"
+                    if not _isnan(r["memory_bytes"])
+                    else "missing"
+                ),
+                "decode speed (× baseline)": fmt_ratio(r["speed_vs_baseline"]),
+                **{t: r[f"{VERDICT_PREFIX}{t}"] for t in tasks},
+                "worst significant loss": _short_loss(r),
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _isnan(x: Any) -> bool:
+    """Whether x is None or a float NaN."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def _power_text(r: Mapping[str, Any]) -> str:
+    """One task-metric's minimum detectable difference in words."""
+    head = f"{r['task']} {r['metric']} ({r['n']} items): "
+    if r["mdd_max"] == 0:
+        return head + "no arm changed any item's score (no variance to size a test from)"
+    spread = r["mdd_max"] - r["mdd_min"] > 5e-4
+    return (
+        head
+        + f"{r['mdd_max']:.3f}"
+        + (f" (arms range {r['mdd_min']:.3f}–{r['mdd_max']:.3f})" if spread else "")
+    )
+
+
+def summary_sentences(
+    decision: pd.DataFrame,
+    recommendation: Any,
+    power: pd.DataFrame,
+    analysis: Mapping[str, Any],
+    baseline: str,
+) -> list[str]:
+    """The generated summary: the recommendation, what was compared, power, what is missing."""
+    tasks = _verdict_tasks(decision)
+    candidates = decision[decision["role"] != "baseline"]
+    rule = recommendation.rule
+    out = []
+    if recommendation.arm:
+        reason = recommendation.reason.removeprefix(f"{recommendation.arm}: ")
+        out.append(f"**Recommended: {recommendation.arm}** (rule *{rule}*): {reason}.")
+    else:
+        out.append(f"**No arm is recommended** (rule *{rule}*): {recommendation.reason}.")
+    margin = analysis.get("margin", 0.01)
+    alpha = analysis.get("alpha", 0.05)
+    counts = {
+        v: sum((candidates[f"{VERDICT_PREFIX}{t}"] == v).sum() for t in tasks)
+        for v in ("equivalent", "better", "worse", "inconclusive", "missing")
+    }
+    out.append(
+        f"{len(candidates)} arm(s) were set against the baseline *{baseline}* on "
+        f"{len(tasks)} task(s), item by item. Of the {len(candidates) * len(tasks)} arm-task "
+        f"verdicts, {counts['equivalent']} are equivalent (TOST, margin ±{margin:g}), "
+        f"{counts['better']} better and {counts['worse']} worse (Holm-adjusted p < {alpha:g}), "
+        f"{counts['inconclusive']} inconclusive and {counts['missing']} missing."
+    )
+    if not power.empty:
+        parts = [_power_text(r) for r in power.to_dict("records")]
+        worst = float(power["mdd_max"].max())
+        note = (
+            f" Where this exceeds the margin (±{margin:g}), equivalence needs more items than "
+            'the study has, and "inconclusive" is the expected verdict for a small true loss.'
+            if worst > margin
+            else ""
+        )
+        out.append(
+            "Power: the smallest difference the paired test detects with 80 % power is, at "
+            "most, " + "; ".join(parts) + "." + note
+        )
+    gone = decision[decision["status"] != "ok"]
+    if not gone.empty:
+        out.append(
+            "Not complete: "
+            + "; ".join(f"{r['arm']} — {r['status']}" for r in gone.to_dict("records"))
+            + ". These arms stay in the table; a rule never picks an arm with a missing verdict."
+        )
+    measured = decision[decision["speed_vs_baseline"].notna()]
+    if len(measured):
+        out.append(f"Decode speed: {measured['speed_measure'].iloc[0]}.")
+    else:
+        out.append("Decode speed: not measured (no benchmark results).")
+    return out
+
+
+_FRONT_CSS = (
+    "table.decision { font-size: 0.8rem; margin: 0.5em 0 1em; } "
+    "table.decision th, table.decision td { padding: 2px 6px; } "
+    "table.decision tr.recommended td { font-weight: bold; background: #ecfdf5; } "
+    "table.decision td.equivalent { background: #dcfce7; } "
+    "table.decision td.better { background: #bbf7d0; } "
+    "table.decision td.worse { background: #fee2e2; } "
+    "table.decision td.inconclusive { background: #fef9c3; } "
+    "table.decision td.missing { background: #e2e8f0; color: #64748b; }"
+)
+
+
+def summary_rst(
+    decision: pd.DataFrame,
+    recommendation: Any,
+    power: pd.DataFrame,
+    analysis: Mapping[str, Any],
+    baseline: str,
+) -> str:
+    """The report's front page body in RST: the recommendation, the decision table (raw HTML,
+    verdicts coloured, the recommended arm in bold), then the rest of the summary."""
+    display = decision_display(decision)
+    classes = ["recommended" if r else "" for r in decision["recommended"]]
+    table = html_table(display, row_classes=classes).replace("<table>", '<table class="decision">')
+    paras = summary_sentences(decision, recommendation, power, analysis, baseline)
+    raw = f"<style>{_FRONT_CSS}</style><p><em>Decision table: every configured arm</em></p>{table}"
+    return (
+        paras[0]
+        + "\n\n.. raw:: html\n\n   "
+        + raw.replace("\n", " ")
+        + "\n\n"
+        + "\n\n".join(paras[1:])
+        + "\n"
+    )
+
+
+def summary_markdown(
+    decision: pd.DataFrame,
+    recommendation: Any,
+    power: pd.DataFrame,
+    analysis: Mapping[str, Any],
+    baseline: str,
+    study: str,
+) -> str:
+    """The same summary and decision table in markdown (for a README or a pull request)."""
+    display = decision_display(decision)
+    head = "| " + " | ".join(display.columns) + " |"
+    sep = "|" + "|".join("---" for _ in display.columns) + "|"
+    body = [
+        "| " + " | ".join("–" if _isnan(v) else str(v) for v in row) + " |"
+        for row in display.itertuples(index=False)
+    ]
+    paras = summary_sentences(decision, recommendation, power, analysis, baseline)
+    return (
+        f"# Study `{study}`: decision\n\n"
+        + paras[0]
+        + "\n\n"
+        + "\n".join([head, sep, *body])
+        + "\n\n"
+        + "\n\n".join(paras[1:])
+        + "\n"
+    )
+
+
+# --------------------------------------------------------------------------- HTML pages
+
+_CSS = """
+body { font-family: system-ui, sans-serif; font-size: 14px; margin: 1em; color: #1e293b; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #cbd5e1; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f1f5f9; }
+tr.recommended td { font-weight: bold; background: #ecfdf5; }
+td.equivalent { background: #dcfce7; } td.better { background: #bbf7d0; }
+td.worse { background: #fee2e2; } td.inconclusive { background: #fef9c3; }
+td.missing { background: #e2e8f0; color: #64748b; }
+p.caption { max-width: 60em; }
+code { font-size: 12px; }
+"""
+
+_VERDICT_CLASSES = {"equivalent", "better", "worse", "inconclusive", "missing"}
+
+
+def _html_cell(value: Any, floatfmt: str) -> str:
+    """One <td>, classed by verdict where the value is one."""
+    if _isnan(value):
+        return "<td>–</td>"
+    if isinstance(value, float):
+        text = format(value, floatfmt)
+    else:
+        text = str(value)
+    cls = f' class="{text}"' if text in _VERDICT_CLASSES else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+def html_table(
+    df: pd.DataFrame, floatfmt: str = ".4g", row_classes: Sequence[str] | None = None
+) -> str:
+    """An HTML <table> of the frame, verdict cells coloured."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        rows.append(f"<tr{cls}>" + "".join(_html_cell(v, floatfmt) for v in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def html_page(title: str, sections: Sequence[tuple[str, str, str]]) -> str:
+    """A standalone HTML page: a title, then (heading, caption, table html) sections."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, caption, table in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        if caption:
+            body.append(f'<p class="caption">{html.escape(caption)}</p>')
+        body.append(table)
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+
+
+def decision_html(
+    decision: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    scores: pd.DataFrame,
+    summary: Sequence[str],
+    study: str,
+) -> str:
+    """The decision page: summary, decision table, then every comparison and score behind it."""
+    display = decision_display(decision)
+    classes = ["recommended" if r else "" for r in decision["recommended"]]
+    plain = [s.replace("**", "").replace("*", "") for s in summary]
+    return html_page(
+        f"Study {study}: decision",
+        [
+            ("Summary", " ".join(plain), html_table(display, row_classes=classes)),
+            (
+                "Comparisons with the baseline",
+                "One row per arm, task and metric: paired difference (arm − baseline) with its "
+                "bootstrap 95% CI, the test of no difference and its Holm-adjusted p, the TOST "
+                "p against the margin, the verdict, and the minimum detectable difference (mdd) "
+                "at 80% power.",
+                html_table(comparisons),
+            ),
+            (
+                "Scores",
+                "One row per arm, task and metric: mean score with its 95% CI.",
+                html_table(scores),
+            ),
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def provenance_rows(
+    source: Mapping[str, Any] | None,
+    download: Mapping[str, Any] | None,
+    quant: Mapping[str, Mapping[str, Any]],
+    evals: Iterable[Mapping[str, Any]],
+    benches: Iterable[Mapping[str, Any]],
+    config: Mapping[str, Any],
+) -> pd.DataFrame:
+    """What was measured: model source and revision, weight hashes, versions, devices, config.
+
+    One row per fact, with columns section, arm (empty for study-wide facts), item, value.
+    """
+    rows: list[dict[str, Any]] = []
+
+    def add(section: str, arm: str, item: str, value: Any) -> None:
+        if isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True)
+        rows.append({"section": section, "arm": arm, "item": item, "value": value})
+
+    if download:
+        for key, value in sorted(download.items()):
+            add("model", "", f"download.{key}", value)
+    if source:
+        for key, value in sorted((source.get("source") or {}).items()):
+            add("model", "", f"source.{key}", value)
+        add("model", "", "parameters", source.get("parameters"))
+        for name, digest in sorted((source.get("sha256") or {}).items()):
+            add("model", "", f"sha256 {name}", digest)
+    else:
+        add("model", "", "source", "missing: no source.json")
+    for arm in config.get("arms", {}):
+        rec = quant.get(arm)
+        if rec is None:
+            add("weights", arm, "status", "missing: not built")
+            continue
+        add("weights", arm, "method", rec.get("method"))
+        add("weights", arm, "parameters", rec.get("parameters"))
+        for name, digest in sorted((rec.get("sha256") or {}).items()):
+            add("weights", arm, f"sha256 {name}", digest)
+        add("weights", arm, "quantized on", _device_text(rec.get("device")))
+    versions: dict[tuple[str, str], set[str]] = {}
+    for rec in quant.values():
+        for pkg, ver in (rec.get("versions") or {}).items():
+            versions.setdefault((pkg, "quantize"), set()).add(str(ver))
+    for ev in evals:
+        for pkg, ver in (ev.get("packages") or {}).items():
+            versions.setdefault((pkg, "evaluate"), set()).add(str(ver))
+        add("devices", ev["arm"], f"evaluate {ev['task']}", _device_text(ev.get("device")))
+        add("evaluation", ev["arm"], f"{ev['task']} batch size", ev.get("batch_size_used"))
+    for b in benches:
+        dev = b.get("device") or {}
+        add("devices", b["arm"], "benchmark", _device_text(dev))
+        for pkg in ("torch", "transformers", "bitsandbytes", "compressed_tensors"):
+            if dev.get(pkg):
+                versions.setdefault((pkg.replace("_", "-"), "benchmark"), set()).add(str(dev[pkg]))
+    for (pkg, stage), vers in sorted(versions.items()):
+        add("packages", "", f"{pkg} ({stage})", ", ".join(sorted(vers)))
+    add("config", "", "config", config)
+    return pd.DataFrame(rows, columns=PROVENANCE_COLUMNS)
+
+
+def _device_text(device: Mapping[str, Any] | None) -> str:
+    """A device record in a few words: kind, name, memory, CUDA/driver where known."""
+    if not device:
+        return "unknown"
+    kind = device.get("device_kind") or ("cuda" if device.get("cuda") else "cpu")
+    name = device.get("device_name") or device.get("name") or device.get("cpu") or "?"
+    parts = [f"{kind}: {name}"]
+    mem = device.get("device_memory_bytes") or device.get("total_memory_bytes")
+    if mem:
+        parts.append(fmt_bytes(float(mem)))
+    for key in ("cuda", "driver"):
+        if device.get(key):
+            parts.append(f"{key} {device[key]}")
+    if device.get("used"):
+        parts.append(f"used {device['used']}")
+    return ", ".join(parts)
+
+
+def provenance_html(prov: pd.DataFrame, study: str, config_yaml: str) -> str:
+    """The provenance page: one table per section, then the config as it was run."""
+    sections = []
+    captions = {
+        "model": "Where the weights every arm starts from came from, and their SHA256.",
+        "weights": "Each arm as saved: method, parameters and the SHA256 of every weight file.",
+        "devices": "The device each job ran on.",
+        "evaluation": "Batch size each evaluation ran with (the same for every arm of a task).",
+        "packages": "Package versions recorded by the jobs, by stage.",
+    }
+    for section, rows in prov[prov["section"] != "config"].groupby("section", sort=False):
+        sections.append(
+            (section, captions.get(str(section), ""), html_table(rows.drop(columns="section")))
+        )
+    sections.append(
+        (
+            "config",
+            "The study's config after defaults were filled in, as the workflow ran it.",
+            f"<pre>{html.escape(config_yaml)}</pre>",
+        )
+    )
+    return html_page(f"Study {study}: provenance", sections)
+
+
+def read_json(path: Path | str) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_provenance(
+    source_dir: Path | str,
+    model_dirs: Sequence[Path | str],
+    eval_files: Sequence[Path | str],
+    bench_files: Sequence[Path | str],
+    config: Mapping[str, Any],
+    study: str,
+    out_html: Path | str,
+    out_csv: Path | str,
+) -> pd.DataFrame:
+    """The provenance table (CSV) and page (HTML) of a study from its jobs' records."""
+    import yaml
+
+    from .aggregate import load_quantize_records
+
+    source_dir = Path(source_dir)
+    quant = load_quantize_records(model_dirs)
+    prov = provenance_rows(
+        read_json(source_dir / "source.json"),
+        read_json(source_dir.parent / "download" / "download.json"),
+        quant,
+        [json.loads(Path(p).read_text()) for p in eval_files],
+        [json.loads(Path(p).read_text()) for p in bench_files],
+        config,
+    )
+    prov.to_csv(out_csv, index=False)
+    config_yaml = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
+    Path(out_html).write_text(provenance_html(prov, study, config_yaml))
+    return prov
+
+
+# --------------------------------------------------------------------------- reading it back
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+"""Flags for a headless Chromium that touches no network (and may run as root)."""
+
+# Run inside the report once its app has rendered: read the first screen, then open every result
+# as a reader would (images through the app's own view, HTML pages decoded from their data URI),
+# and write what was seen as JSON into <pre id="report-check">.
+_CHECK_SCRIPT = """
+<script>
+window.addEventListener("load", () => setTimeout(async () => {
+  const pre = document.createElement("pre");
+  pre.id = "report-check";
+  const check = {results: {}, errors: []};
+  const write = () => { pre.textContent = JSON.stringify(check); };
+  document.body.appendChild(pre);
+  const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+  try {
+    const text = (el) => (el ? el.innerText : null);
+    const prose = document.querySelector(".prose");
+    const table = prose ? prose.querySelector("table") : null;
+    check.front = {
+      text: text(prose),
+      table: table ? [...table.querySelectorAll("tr")].map(
+        (tr) => [...tr.querySelectorAll("th,td")].map((c) => c.innerText.trim())) : null,
+    };
+    write();
+    for (const [path, entry] of Object.entries(results)) {
+      const seen = {name: entry.name, mime: entry.mime_type, labels: entry.labels,
+                    caption: entry.caption};
+      check.results[path] = seen;
+      if (entry.mime_type.startsWith("image/")) {
+        app.setView({content: "img", contentPath: entry.data_uri, resultPath: path});
+        await wait(200);
+        const img = [...document.querySelectorAll("img")].find((i) => i.src === entry.data_uri);
+        seen.shown = Boolean(img);
+        seen.complete = img ? img.complete : false;
+        seen.width = img ? img.naturalWidth : 0;
+        seen.height = img ? img.naturalHeight : 0;
+      } else if (entry.mime_type === "text/html") {
+        app.setView({content: "html", contentPath: entry.data_uri, resultPath: path});
+        await wait(200);
+        seen.shown = [...document.querySelectorAll("iframe")].some((f) => f.src === entry.data_uri);
+        const b64 = entry.data_uri.split(",")[1];
+        const html = new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+        seen.tables = (html.match(/<table/g) || []).length;
+        seen.text = new DOMParser().parseFromString(html, "text/html").body.innerText;
+      }
+      write();
+    }
+  } catch (e) {
+    check.errors.push(String(e) + " " + (e.stack || ""));
+  }
+  check.done = true;
+  write();
+}, 500));
+</script>
+"""
+
+
+def _chromium(args: Sequence[str], user_data_dir: Path | str, timeout: float = 180) -> str:
+    """Run headless Chromium with a fresh profile; its stdout."""
+    import shutil
+    import subprocess
+
+    exe = (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
+    if exe is None:
+        raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def screenshot(
+    report_html: Path | str,
+    png: Path | str,
+    workdir: Path | str,
+    size: tuple[int, int] = (1440, 900),
+) -> Path:
+    """A PNG of the report's first screen, as a browser window of `size` shows it."""
+    workdir = Path(workdir)
+    _chromium(
+        [f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=15000",
+         f"--screenshot={Path(png).resolve()}", Path(report_html).resolve().as_uri()],
+        workdir / "chromium-profile-shot",
+    )  # fmt: skip
+    return Path(png)
+
+
+def rendered_check(report_html: Path | str, workdir: Path | str) -> dict[str, Any]:
+    """What a reader sees in the report: its first screen and every result opened in turn.
+
+    A copy of the report gets a script that, once the app has rendered, records the front page's
+    text and table, then opens each result through the app (images must decode to a nonzero
+    size; HTML pages are decoded from their data URI). Chromium prints the resulting DOM, from
+    which the JSON record is read.
+    """
+    import re
+
+    workdir = Path(workdir)
+    page = Path(report_html).read_text()
+    probe = workdir / "report-probe.html"
+    cut = page.rfind("</body>")
+    probe.write_text(page[:cut] + _CHECK_SCRIPT + page[cut:] if cut >= 0 else page + _CHECK_SCRIPT)
+    dom = _chromium(
+        ["--virtual-time-budget=60000", "--dump-dom", probe.resolve().as_uri()],
+        workdir / "chromium-profile-dom",
+    )
+    match = re.search(r'<pre id="report-check">(.*?)</pre>', dom, re.S)
+    if not match:
+        raise RuntimeError("the report did not render (no check record in the DOM)")
+    check = json.loads(html.unescape(match.group(1)))
+    if check.get("errors") or not check.get("done"):
+        raise RuntimeError(f"checking the rendered report failed: {check.get('errors')}")
+    return check

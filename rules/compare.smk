@@ -1,0 +1,56 @@
+from quantstudy import compare as qcompare
+
+# Snakemake has no optional inputs, so compare and report read every configured output except
+# those of jobs that ran and failed (log there, output not; see quantstudy.compare): the first
+# `--keep-going` run builds what it can, the next builds compare and report with the failed arm
+# marked missing. To retry a failed job, ask for its output (`snakemake
+# results/<study>/models/<arm>`) or delete its log.
+ANALYSIS_MISSING = qcompare.missing_outputs(STUDY, config, BASELINE)
+ANALYSIS_INPUT = qcompare.analysis_inputs(STUDY, config, ANALYSIS_MISSING)
+
+
+rule compare:
+    input:
+        **ANALYSIS_INPUT,
+    output:
+        decision_html=report(
+            "results/{study}/report/decision.html",
+            caption="../report/decision.rst",
+            category="1. Decision",
+            labels={"table": "decision table, comparisons and scores"},
+        ),
+        decision=report(
+            "results/{study}/tables/decision.csv",
+            caption="../report/decision_csv.rst",
+            category="1. Decision",
+            labels={"table": "decision table (CSV)"},
+        ),
+        comparisons=report(
+            "results/{study}/tables/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="1. Decision",
+            labels={"table": "comparisons with the baseline (CSV)"},
+        ),
+        scores=report(
+            "results/{study}/tables/scores.csv",
+            caption="../report/scores.rst",
+            category="2. Accuracy",
+            labels={"figure": "scores with 95% CI (CSV)"},
+        ),
+        summary="results/{study}/report/summary.rst",
+        summary_md="results/{study}/tables/decision.md",
+    log:
+        "logs/{study}/compare.log",
+    conda:
+        "../envs/quantstudy.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        analysis=lookup(dpath="analysis", within=config),
+        arms=lookup(dpath="arms", within=config),
+        tasks=TASKS,
+        baseline=BASELINE,
+        missing=ANALYSIS_MISSING,
+    script:
+        "../scripts/compare.py"

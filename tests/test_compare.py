@@ -1,0 +1,348 @@
+"""Tests of quantstudy.compare: loading per-example records, orientation, speed, the decision."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantstudy import aggregate, compare, stats
+
+# --------------------------------------------------------------------------- builders
+
+ARMS = {
+    "fp32": {"method": "baseline", "dtype": "fp32"},
+    "same": {"method": "bnb-int8", "dtype": "fp32"},
+    "bad": {"method": "bnb-4bit", "quant_type": "fp4", "double_quant": False, "compute_dtype": "fp32"},
+    "small": {"method": "bnb-4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "fp32"},
+    "gone": {"method": "gptq", "group_size": 48},
+}  # fmt: skip
+MEMORY = {"fp32": 4000, "same": 2000, "bad": 900, "small": 1000}
+TASKS = ["qa", "mc"]
+N = 400
+
+
+def outcomes(seed: int = 0) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Per-example scores: `same` and `small` equal to the baseline, `bad` 40% of items wrong."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for task in TASKS:
+        base = (rng.random(N) < 0.7).astype(float)
+        f1 = np.where(base == 1, 1.0, rng.random(N).round(3))
+        worse = base.copy()
+        worse[rng.random(N) < 0.4] = 0.0
+        for arm, acc in (("fp32", base), ("same", base), ("small", base), ("bad", worse)):
+            metrics = {"acc": acc} if task == "mc" else {"em": acc, "f1": np.maximum(acc, f1 * acc)}
+            out[(arm, task)] = metrics
+    return out
+
+
+def bench_record(
+    arm: str, baseline: str, arm_ms: float, base_ms: float, static: bool = True
+) -> dict:
+    """A minimal bench/{arm}.json: decode, prefill and throughput in eager (and static) mode."""
+
+    def mode(supported: bool) -> dict:
+        if not supported:
+            return {"supported": False, "reason": "not on this device"}
+        stat = lambda v: {"median": v, "min": 0.9 * v, "max": 1.1 * v, "n": 3}  # noqa: E731
+        return {
+            "supported": True,
+            "decode": {
+                "batch_size": 1,
+                "prompt_length": 8,
+                "new_tokens": 4,
+                "arm": {"ms_per_token": stat(arm_ms), "roofline_ms": 1.0,
+                        "roofline_fraction": 1.0 / arm_ms},
+                "baseline": {"ms_per_token": stat(base_ms)},
+                "time_ratio": arm_ms / base_ms,
+            },
+            "prefill": [
+                {"batch_size": 1, "prompt_length": p, "arm": {"ms": stat(p * arm_ms / 10)},
+                 "baseline": {"ms": stat(p * base_ms / 10)}, "time_ratio": arm_ms / base_ms}
+                for p in (8, 16)
+            ],
+            "throughput": [
+                {"batch_size": b, "prompt_length": 8, "new_tokens": 4,
+                 "arm": {"tokens_per_s": stat(1000 * b / arm_ms)},
+                 "baseline": {"tokens_per_s": stat(1000 * b / base_ms)},
+                 "throughput_ratio": base_ms / arm_ms}
+                for b in (1, 2)
+            ],
+        }  # fmt: skip
+
+    return {
+        "arm": arm,
+        "baseline": baseline,
+        "is_baseline": arm == baseline,
+        "device_kind": "cpu",
+        "device": {"name": "test cpu"},
+        "models": {"arm": {"method": ARMS[arm]["method"]}},
+        "modes": {"eager": mode(True), "static": mode(static)},
+    }
+
+
+BENCH_MS = {"fp32": 10.0, "same": 8.0, "bad": 5.0, "small": 20.0}
+
+
+def make_study(root: Path) -> dict[str, list[Path]]:
+    """A study's job outputs on disk (arm `gone` has none): samples, evals, models, bench."""
+    files: dict[str, list[Path]] = {"samples": [], "evals": [], "models": [], "bench": []}
+    for (arm, task), metrics in outcomes().items():
+        d = root / "eval" / arm
+        d.mkdir(parents=True, exist_ok=True)
+        samples = d / f"{task}.samples.jsonl"
+        with open(samples, "w") as f:
+            for i in range(N):
+                rec = {"task": task, "doc_id": i, "doc_hash": f"h{task}{i}",
+                       "metrics": {m: float(v[i]) for m, v in metrics.items()}}  # fmt: skip
+                f.write(json.dumps(rec) + "\n")
+        hib = {task: {m: True for m in metrics}}
+        (d / f"{task}.json").write_text(
+            json.dumps({"arm": arm, "task": task, "higher_is_better": hib})
+        )
+        files["samples"].append(samples)
+        files["evals"].append(d / f"{task}.json")
+    for arm, mem in MEMORY.items():
+        d = root / "models" / arm
+        d.mkdir(parents=True)
+        params = {k: v for k, v in ARMS[arm].items()}
+        rec = {"arm": arm, "method": ARMS[arm]["method"], "bits": 4, "parameters": params,
+               "memory_bytes": {"total": mem}, "disk_bytes": mem + 10, "seconds": 1.5,
+               "sha256": {"model.safetensors": f"sha-{arm}"}, "device": {"device_kind": "cpu"},
+               "versions": {"torch": "2.13.0"}}  # fmt: skip
+        (d / "quantize.json").write_text(json.dumps(rec))
+        files["models"].append(d)
+        b = root / "bench" / f"{arm}.json"
+        b.parent.mkdir(exist_ok=True)
+        b.write_text(json.dumps(bench_record(arm, "fp32", BENCH_MS[arm], BENCH_MS["fp32"])))
+        files["bench"].append(b)
+    return files
+
+
+MISSING = [{"stage": "quantize", "arm": "gone", "task": None, "reason": "quantize failed (log: x)"}]
+ANALYSIS = {"margin": 0.05, "alpha": 0.05, "n_boot": 500, "seed": 0,
+            "recommend": "smallest-equivalent", "primary_metrics": {}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, dict[str, list[Path]], dict[str, Path]]:
+    """A synthetic study run through compare.run."""
+    root = tmp_path_factory.mktemp("study")
+    files = make_study(root)
+    out = {k: root / f"{k}.out" for k in
+           ("scores", "comparisons", "decision", "decision_html", "summary", "summary_md")}  # fmt: skip
+    rec = compare.run(files["samples"], files["evals"], files["models"], files["bench"], ARMS,
+                      TASKS, "fp32", ANALYSIS, MISSING, "synthetic", out)  # fmt: skip
+    return root, files, out | {"recommendation": rec}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_sample_rows_take_subjects_and_skip_non_numbers():
+    records = [
+        {
+            "task": "mmlu_law",
+            "doc_id": 3,
+            "doc_hash": "a",
+            "metrics": {"acc": 1.0, "ppl": [-2.5, 4]},
+        },
+        {"task": "mmlu", "doc_id": 4, "doc_hash": "b", "metrics": {"acc": True}},
+    ]
+    rows = compare.sample_rows(records, "int8", "mmlu")
+    assert rows == [
+        {"task": "mmlu", "doc_id": 3, "doc_hash": "a", "arm": "int8", "metric": "acc", "value": 1.0,
+         "subject": "mmlu_law"},
+        {"task": "mmlu", "doc_id": 4, "doc_hash": "b", "arm": "int8", "metric": "acc", "value": 1.0,
+         "subject": None},
+    ]  # fmt: skip
+
+
+def test_arm_and_task_come_from_the_path():
+    assert compare.arm_task_of("results/s/eval/nf4_dq/gsm8k.samples.jsonl") == ("nf4_dq", "gsm8k")
+    with pytest.raises(ValueError):
+        compare.arm_task_of("results/s/eval/nf4_dq/gsm8k.json")
+
+
+def test_load_samples_reads_every_file(study):
+    _, files, _ = study
+    df = compare.load_samples(files["samples"])
+    # qa: em and f1; mc: acc; four arms with outputs
+    assert len(df) == 4 * N * 3
+    assert set(df["arm"]) == {"fp32", "same", "bad", "small"}
+    assert df["subject"].isna().all()
+
+
+def test_lower_is_better_metrics_swap_better_and_worse():
+    comparisons = pd.DataFrame(
+        {
+            "arm": ["a", "a", "a"],
+            "task": ["wiki", "wiki", "mc"],
+            "metric": ["word_perplexity", "bits_per_byte,none", "acc"],
+            "verdict": ["better", "worse", "better"],
+        }  # fmt: skip
+    )
+    hib = {("wiki", "word_perplexity"): False, ("wiki", "bits_per_byte"): False}
+    out = compare.orient(comparisons, hib)
+    assert out["verdict"].tolist() == ["worse", "better", "better"]
+    assert out["higher_is_better"].tolist() == [False, False, True]
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def test_decode_speed_prefers_static_and_reads_faster_as_above_one():
+    fast = compare.decode_speed(bench_record("same", "fp32", 8.0, 10.0))
+    assert fast.ratio == pytest.approx(10.0 / 8.0)
+    assert fast.measure.startswith("static mode, decode ms/token at batch 1")
+    eager_only = compare.decode_speed(bench_record("same", "fp32", 20.0, 10.0, static=False))
+    assert eager_only.ratio == pytest.approx(0.5)
+    assert eager_only.measure.startswith("eager mode")
+    assert compare.decode_speed(bench_record("fp32", "fp32", 10.0, 10.0)).ratio == 1.0
+    assert math.isnan(compare.decode_speed({"modes": {}}).ratio)
+
+
+# --------------------------------------------------------------------------- the decision
+
+
+def test_tables_equal_stats_compare_on_the_same_samples(study):
+    _, files, out = study
+    samples = compare.load_samples(files["samples"])
+    scores, comparisons = stats.compare(samples, "fp32", 0.05, 0.05, 500, 0,
+                                        arms=list(ARMS), tasks=TASKS)  # fmt: skip
+    written = pd.read_csv(out["comparisons"])
+    pd.testing.assert_frame_equal(
+        written[list(stats.COMPARISON_COLUMNS)].drop(columns=["equivalent"]),
+        comparisons.drop(columns=["equivalent"]).astype({"metric": object}),
+        check_dtype=False,
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(out["scores"]), scores, check_dtype=False)
+    decision = pd.read_csv(out["decision"]).set_index("arm")
+    expected = stats.task_verdicts(comparisons)
+    for arm in ("same", "bad", "small", "gone"):
+        for task in TASKS:
+            assert decision.loc[arm, f"verdict:{task}"] == expected[arm][task]
+
+
+def test_decision_lists_every_arm_and_recommends_by_the_rule(study):
+    _, _, out = study
+    decision = pd.read_csv(out["decision"]).set_index("arm")
+    assert list(decision.index) == list(ARMS)
+    # identical answers: equivalent within +-0.05 with 400 items; 40% flipped to wrong: worse
+    assert decision.loc["same", "verdict:mc"] == "equivalent"
+    assert decision.loc["bad", "verdict:mc"] == "worse"
+    assert decision.loc["bad", "worst_loss_diff"] < -0.2
+    assert decision.loc["same", "worst_loss"] == "none"
+    assert decision.loc["gone", "status"] == "missing: quantize failed (log: x)"
+    assert set(decision.loc["gone", ["verdict:qa", "verdict:mc"]]) == {"missing"}
+    assert math.isnan(decision.loc["gone", "memory_bytes"])
+    assert (decision.loc["fp32", ["verdict:qa", "verdict:mc"]] == "baseline").all()
+    # smallest equivalent: "small" (1000 bytes) beats "same" (2000); "bad" is smaller but worse
+    assert out["recommendation"].arm == "small"
+    assert decision["recommended"].tolist() == [a == "small" for a in ARMS]
+    assert decision.loc["small", "memory_vs_baseline"] == pytest.approx(1000 / 4000)
+    assert decision.loc["small", "speed_vs_baseline"] == pytest.approx(10.0 / 20.0)
+    assert decision.loc["fp32", "speed_vs_baseline"] == 1.0
+
+
+def test_fastest_rule_and_primary_metric(study):
+    root, files, _ = study
+    samples = compare.load_samples(files["samples"])
+    evals = [json.loads(p.read_text()) for p in files["evals"]]
+    _, comparisons = compare.analyse(samples, evals, "fp32", list(ARMS), TASKS, ANALYSIS)
+    quant = aggregate.load_quantize_records(files["models"])
+    speeds = {a: compare.Speed(BENCH_MS["fp32"] / ms, "x") for a, ms in BENCH_MS.items()}
+    decision, rec = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, speeds,
+                                           {}, "fastest-equivalent")  # fmt: skip
+    assert rec.arm == "same"  # 1.25x; "bad" is faster but worse
+    assert decision.set_index("arm").loc["gone", "status"] == "missing: not built"
+
+
+def test_missing_evaluation_marks_the_arm_incomplete(study):
+    _, files, _ = study
+    kept = [
+        p for p in files["samples"] if not (p.parent.name == "same" and p.name.startswith("qa"))
+    ]
+    samples = compare.load_samples(kept)
+    _, comparisons = compare.analyse(samples, [], "fp32", list(ARMS), TASKS, ANALYSIS)
+    quant = aggregate.load_quantize_records(files["models"])
+    reasons = {("same", "qa"): "evaluation failed (log: y)"}
+    decision, _ = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, reasons,
+                                         "smallest-equivalent")  # fmt: skip
+    row = decision.set_index("arm").loc["same"]
+    assert row["verdict:qa"] == "missing" and row["verdict:mc"] == "equivalent"
+    assert row["status"] == "incomplete: qa evaluation failed (log: y)"
+
+
+def test_power_states_the_detectable_difference(study):
+    _, _, out = study
+    comparisons = pd.read_csv(out["comparisons"])
+    power = compare.power_by_task(comparisons).set_index(["task", "metric"])
+    mc = comparisons[(comparisons.task == "mc") & (comparisons.verdict != "missing")]
+    assert power.loc[("mc", "acc"), "mdd_max"] == pytest.approx(mc["mdd"].max())
+    assert power.loc[("mc", "acc"), "n"] == N
+
+
+# --------------------------------------------------------------------------- failed jobs
+
+
+def layout(root: Path, present: list[str], logs: list[str]) -> None:
+    """Outputs and logs of a study on disk (paths relative to root)."""
+    for p in present + logs:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_text("")
+
+
+CONFIG = {
+    "arms": {"base": {}, "a": {}, "b": {}},
+    "tasks": {"auto_task": {"batch_size": "auto"}, "fixed": {"batch_size": 8}},
+    "benchmark": {"enabled": True},
+}
+
+
+def test_a_failed_job_is_one_with_a_log_and_no_output(tmp_path):
+    layout(tmp_path, ["results/s/models/a"], ["logs/s/quantize/a.log", "logs/s/quantize/b.log"])
+    assert not compare.has_failed("results/s/models/a", "logs/s/quantize/a.log", tmp_path)
+    assert compare.has_failed("results/s/models/b", "logs/s/quantize/b.log", tmp_path)
+    # never ran: no log, so it is waited for, not missing
+    assert not compare.has_failed("results/s/models/base", "logs/s/quantize/base.log", tmp_path)
+
+
+def test_missing_outputs_follow_the_dag(tmp_path):
+    layout(
+        tmp_path,
+        present=["results/s/models/base", "results/s/models/a"],
+        logs=["logs/s/quantize/b.log", "logs/s/eval/base/auto_task.log",
+              "logs/s/bench/a.log"],
+    )  # fmt: skip
+    missing = compare.missing_outputs("s", CONFIG, "base", tmp_path)
+    got = {(m["stage"], m["arm"], m["task"]) for m in missing}
+    assert got == {
+        ("quantize", "b", None),  # failed: no model, so no evaluation or benchmark either
+        ("evaluate", "base", "auto_task"),  # failed
+        ("evaluate", "a", "auto_task"),  # waits for the baseline's batch size, which failed
+        ("benchmark", "a", None),  # failed
+        ("benchmark", "b", None),  # no model
+    }
+    inputs = compare.analysis_inputs("s", CONFIG, missing)
+    assert inputs["samples"] == [
+        "results/s/eval/base/fixed.samples.jsonl",
+        "results/s/eval/a/fixed.samples.jsonl",
+    ]
+    assert inputs["models"] == ["results/s/models/base", "results/s/models/a"]
+    assert inputs["bench"] == ["results/s/bench/base.json"]
+    reasons = compare.missing_reasons(missing)
+    assert reasons["b"] == "quantize failed (log: logs/s/quantize/b.log)"
+    assert reasons[("benchmark", "a")] == "benchmark failed (log: logs/s/bench/a.log)"
+
+
+def test_nothing_failed_means_every_output_is_read(tmp_path):
+    assert compare.missing_outputs("s", CONFIG, "base", tmp_path) == []
+    inputs = compare.analysis_inputs("s", CONFIG | {"benchmark": {"enabled": False}}, [])
+    assert len(inputs["samples"]) == len(inputs["evals"]) == 6
+    assert inputs["bench"] == []
