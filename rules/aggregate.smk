@@ -6,13 +6,13 @@ rule aggregate:
         results=report(
             "results/{study}/tables/results.csv",
             caption="../report/results.rst",
-            category="1. Results",
+            category="2. Accuracy",
             labels={"table": "scores per arm, task and metric"},
         ),
         memory=report(
             "results/{study}/tables/memory.csv",
             caption="../report/memory.rst",
-            category="1. Results",
+            category="4. Memory",
             labels={"table": "memory per arm"},
         ),
         summary="results/{study}/tables/summary.md",
