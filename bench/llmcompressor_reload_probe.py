@@ -55,9 +55,12 @@ def effective_weights(model) -> dict[str, dict[str, torch.Tensor]]:
             continue
         with torch.no_grad():
             weight = module.weight
-            q = forward_quantize(module, weight.to(module.weight_scale.device), "weight", scheme.weights)
+            q = forward_quantize(
+                module, weight.to(module.weight_scale.device), "weight", scheme.weights
+            )
         out[name] = {
             "fake_quant": q.detach().float().cpu(),
+            "weight_fp32": weight.detach().float().cpu(),
             "scale": module.weight_scale.detach().float().cpu(),
             "zero_point": (
                 module.weight_zero_point.detach().float().cpu()
@@ -70,6 +73,60 @@ def effective_weights(model) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+def _per_element(group_values: torch.Tensor, shape) -> torch.Tensor:
+    """Per-group values (out, groups) spread to the weight's (out, in) elements."""
+    return group_values.repeat_interleave(shape[1] // group_values.shape[1], dim=1)
+
+
+def _steps(reloaded: torch.Tensor, record: dict) -> dict:
+    """How reloaded weights differ from the in-memory fake-quantized ones, in quantization steps,
+    and from an fp32 re-quantization of the in-memory weight with the same scale / zero point."""
+    scale = _per_element(record["scale"], reloaded.shape)
+    steps = ((reloaded - record["fake_quant"]) / scale).abs()
+    out = {
+        "frac_elements_differ": float((steps > 1e-3).float().mean()),
+        "max_steps": float(steps.max()),
+    }
+    if record.get("weight_fp32") is not None:
+        w = record["weight_fp32"]
+        zp = _per_element(record["zero_point"], w.shape) if record["zero_point"] is not None else 0
+        q = torch.clamp(torch.round(w / scale + zp), -8, 7)
+        ref = (q - zp) * scale
+        out["frac_differ_from_fp32_ref_reloaded"] = float(
+            ((reloaded - ref).abs() / scale > 1e-2).float().mean()
+        )
+        out["frac_differ_from_fp32_ref_memory"] = float(
+            ((record["fake_quant"] - ref).abs() / scale > 1e-2).float().mean()
+        )
+    return out
+
+
+def pack_check() -> dict:
+    """compressed-tensors' int4 packing and unpacking on the GPU against the CPU."""
+    from compressed_tensors.compressors.pack_quantized.helpers import (
+        pack_to_int32,
+        unpack_from_int32,
+    )
+
+    if not torch.cuda.is_available():
+        return {}
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, shape, dim in (("zero_point", (2048, 16), 0), ("weight", (2048, 2048), 1)):
+        values = torch.randint(-8, 8, shape, generator=g, dtype=torch.int8)
+        cpu = pack_to_int32(values, 4, dim)
+        gpu = pack_to_int32(values.cuda(), 4, dim).cpu()
+        back_cpu = unpack_from_int32(cpu, 4, torch.Size(shape), dim)
+        back_gpu = unpack_from_int32(cpu.cuda(), 4, torch.Size(shape), dim).cpu()
+        out[name] = {
+            "pack_gpu_equals_cpu": bool(torch.equal(cpu, gpu)),
+            "unpack_cpu_roundtrip": bool(torch.equal(back_cpu, values)),
+            "unpack_gpu_roundtrip": bool(torch.equal(back_gpu, values)),
+        }
+    print(json.dumps({"pack_check": out}), flush=True)
+    return out
+
+
 def saved_tensors(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -79,7 +136,9 @@ def saved_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def run(method: str, load_on: str, source: Path, work: Path, samples: int, seq_len: int) -> dict:
+def run(
+    method: str, load_on: str, source: Path, work: Path, samples: int, seq_len: int, save_on: str
+) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = {
@@ -94,11 +153,13 @@ def run(method: str, load_on: str, source: Path, work: Path, samples: int, seq_l
             "seed": 0,
         },
     }
-    arm = parse_arm(f"{method}_{load_on}", spec)
+    arm = parse_arm(f"{method}_load-{load_on}_save-{save_on}", spec)
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(source)
     device_map = "cuda" if load_on == "cuda" else None
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=arm.torch_dtype, device_map=device_map)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=arm.torch_dtype, device_map=device_map
+    )
     start = time.perf_counter()
     _llmcompressor_oneshot(model, tokenizer, arm, calibration_texts(arm, ROOT))
     seconds = time.perf_counter() - start
@@ -117,11 +178,15 @@ def run(method: str, load_on: str, source: Path, work: Path, samples: int, seq_l
         if not any(n.startswith(m + ".") for m in memory)
     }
     out_dir = work / arm.name
+    if save_on == "cpu":
+        model.to("cpu")
     model.save_pretrained(out_dir, save_compressed=True)
     tokenizer.save_pretrained(out_dir)
     del model
     saved = saved_tensors(out_dir)
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, device_map="cuda" if torch.cuda.is_available() else "cpu").eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        out_dir, device_map="cuda" if torch.cuda.is_available() else "cpu"
+    ).eval()
     after = probe_logits(reloaded, tokenizer)
     reloaded_params = dict(reloaded.named_parameters())
     per_linear = {}
@@ -130,6 +195,7 @@ def run(method: str, load_on: str, source: Path, work: Path, samples: int, seq_l
         entry = {"status": record["status"], "weight_device": record["weight_device"]}
         if weight is not None and weight.shape == record["fake_quant"].shape:
             entry["weight_rel"] = _rel(weight, record["fake_quant"])
+            entry.update(_steps(weight.float().cpu(), record))
         else:
             entry["weight_rel"] = None
         if f"{name}.weight_scale" in saved:
@@ -142,9 +208,7 @@ def run(method: str, load_on: str, source: Path, work: Path, samples: int, seq_l
                 float(record["zero_point"].max()),
             ]
         per_linear[name] = entry
-    per_plain = {
-        n: _rel(reloaded_params[n], v) for n, v in plain.items() if n in reloaded_params
-    }
+    per_plain = {n: _rel(reloaded_params[n], v) for n, v in plain.items() if n in reloaded_params}
     worst = sorted(
         ((e["weight_rel"], n) for n, e in per_linear.items() if e["weight_rel"] is not None),
         reverse=True,
@@ -156,7 +220,9 @@ def run(method: str, load_on: str, source: Path, work: Path, samples: int, seq_l
         "probe_rel_diff": _rel(after, before),
         "probe_rel_diff_vs_memory_on_gpu": _rel(after, before_cuda),
         "worst_linear_weight_rel": worst,
-        "worst_scale_rel": max((e.get("scale_rel", 0.0) for e in per_linear.values()), default=None),
+        "worst_scale_rel": max(
+            (e.get("scale_rel", 0.0) for e in per_linear.values()), default=None
+        ),
         "worst_plain_param_rel": sorted(((v, n) for n, v in per_plain.items()), reverse=True)[:5],
         "linears": per_linear,
     }
@@ -171,11 +237,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--methods", default="awq,gptq")
     parser.add_argument("--load-on", default="cuda,cpu")
+    parser.add_argument("--save-on", default="model", help="model (where oneshot left it), cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     config = json.loads((ROOT / "config/models/llama-3.2-1b.json").read_text())
     config["num_hidden_layers"] = args.layers
-    results = []
+    results = [{"pack_check": pack_check()}]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config").mkdir()
@@ -184,11 +251,27 @@ def main() -> None:
         prepare_model(spec, tmp / "source")
         for method in args.methods.split(","):
             for load_on in args.load_on.split(","):
-                try:
-                    results.append(run(method, load_on, tmp / "source", tmp, args.samples, args.seq_len))
-                except Exception as error:  # a failing variant is a result too
-                    print(f"{method} loaded on {load_on}: {type(error).__name__}: {error}", flush=True)
-                    results.append({"arm": f"{method}_{load_on}", "error": repr(error)})
+                for save_on in args.save_on.split(","):
+                    try:
+                        results.append(
+                            run(
+                                method,
+                                load_on,
+                                tmp / "source",
+                                tmp,
+                                args.samples,
+                                args.seq_len,
+                                save_on,
+                            )
+                        )
+                    except Exception as error:  # a failing variant is a result too
+                        print(
+                            f"{method} {load_on} {save_on}: {type(error).__name__}: {error}",
+                            flush=True,
+                        )
+                        results.append(
+                            {"arm": f"{method}_{load_on}_{save_on}", "error": repr(error)}
+                        )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "reload_probe.json").write_text(json.dumps(results, indent=1, default=str))
