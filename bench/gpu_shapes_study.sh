@@ -10,8 +10,9 @@
 #   ARMS      arms for TARGETS=bench (default: every arm of the study)
 #   WORKDIR   where results/, logs/ and .snakemake/ go (default: the repository); a folder outside
 #             the carried working tree survives between device calls while the machine is warm
-#   BUDGET_S  wall-clock limit for snakemake (default 480 s), so that a device call's own limit
-#             never cuts the copying of results into $OUT
+#   BUDGET_S  wall-clock limit for everything after the install (default 480 s), so that a
+#             device call's own limit never cuts the copying of results into $OUT. A snakemake
+#             that an earlier call left running in WORKDIR (its limit cut) is waited for first.
 #   WHEELS    wheel folder to install into /tmp/site (default .whl); SKIP_INSTALL=1 skips it
 #   SNAKEMAKE_ARGS  more snakemake options (after the targets)
 #   RESTORE   a study.tgz of an earlier call on a machine that has since gone back: the models
@@ -37,10 +38,17 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
 start=$(date +%s)
+deadline=$(( start + ${BUDGET_S:-480} ))
+left() { echo $(( deadline - $(date +%s) > 1 ? deadline - $(date +%s) : 1 )); }
 mkdir -p "$WORKDIR"; cd "$WORKDIR"
+# a snakemake of an earlier call (the call's limit ended the shell, not always its children)
+if [ -f .gpu_study.pid ] && kill -0 "$(cat .gpu_study.pid)" 2>/dev/null; then
+    echo "waiting for the snakemake an earlier call started (pid $(cat .gpu_study.pid))"
+    while kill -0 "$(cat .gpu_study.pid)" 2>/dev/null && [ "$(left)" -gt 30 ]; do sleep 5; done
+fi
 if [ -n "${RESTORE:-}" ]; then
     models=$(python3 -c "import yaml;print(' '.join('results/$STUDY/models/'+a for a in yaml.safe_load(open('$CONFIG'))['arms']))")
-    python3 -m snakemake $models -s "$REPO/Snakefile" --configfile "$CONFIG" \
+    timeout -k 15 "$(left)" python3 -m snakemake $models -s "$REPO/Snakefile" --configfile "$CONFIG" \
         --profile "$REPO/profiles/local" --keep-going ${SNAKEMAKE_ARGS:-} 2>&1 | grep -E "^Error|Finished|exception" | tail -20
     mkdir -p /tmp/restore && tar xzf "$RESTORE" -C /tmp/restore
     restored=$(python3 - "$STUDY" <<'PY'
@@ -70,8 +78,10 @@ PY
     echo "restore took $(( $(date +%s) - start )) s"
 fi
 # targets first: --configfile takes several values
-timeout -k 15 "${BUDGET_S:-480}" python3 -m snakemake $targets -s "$REPO/Snakefile" \
-    --configfile "$CONFIG" --profile "$REPO/profiles/local" --keep-going ${SNAKEMAKE_ARGS:-}
+timeout -k 15 "$(left)" python3 -m snakemake $targets -s "$REPO/Snakefile" \
+    --configfile "$CONFIG" --profile "$REPO/profiles/local" --keep-going ${SNAKEMAKE_ARGS:-} &
+echo $! >.gpu_study.pid
+wait $!
 status=$?
 echo "snakemake exit $status after $(( $(date +%s) - start )) s"
 OUTDIR=${OUT:-$WORKDIR/results/$STUDY/out}
