@@ -476,30 +476,6 @@ def memory_pareto(
     save(plot, data, png, height=_panel_height(data["panel"].nunique()))
 
 
-def score_vs_memory(results: pd.DataFrame, memory: pd.DataFrame, png: Path | str) -> None:
-    """The figure of the workflow before the compare stage (aggregate's tables, stderr bars).
-
-    Kept only so that runs which loaded the earlier rule `report` can finish; the workflow draws
-    :func:`memory_pareto`. Remove once no such run is left.
-    """
-    data = results.merge(memory[["arm", "disk_bytes", "memory_bytes"]], on="arm")
-    data["panel"] = data["task"] + ": " + data["metric"]
-    data["disk_MB"] = data["disk_bytes"] / 1e6
-    data["low"] = data["value"] - data["stderr"].fillna(0)
-    data["high"] = data["value"] + data["stderr"].fillna(0)
-    plot = (
-        ggplot(data, aes("disk_MB", "value", color="method"))
-        + geom_errorbar(aes(ymin="low", ymax="high"), width=0.02)
-        + geom_point(size=3)
-        + geom_text(aes(label="arm"), nudge_y=0.015, size=7, show_legend=False)
-        + facet_wrap("panel", scales="free_y")
-        + scale_x_log10()
-        + labs(x="weights on disk (MB, log scale)", y="score", color="method")
-        + theme_bw()
-    )
-    save(plot, data, png, height=max(4, 3 * ((data["panel"].nunique() + 2) // 3)))
-
-
 def quantize_time_data(
     arms: Mapping[str, Mapping[str, Any]], quant: Mapping[str, Mapping[str, Any]]
 ) -> pd.DataFrame:

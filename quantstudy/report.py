@@ -114,7 +114,9 @@ def summary_sentences(
         reason = recommendation.reason.removeprefix(f"{recommendation.arm}: ")
         out.append(f"**Recommended: {recommendation.arm}** (rule *{rule}*): {reason}.")
     else:
-        out.append(f"**No arm is recommended** (rule *{rule}*): {recommendation.reason}.")
+        # the per-arm reasons are the verdicts of the decision table: keep the headline short
+        reason = recommendation.reason.split(" (", 1)[0]
+        out.append(f"**No arm is recommended** (rule *{rule}*): {reason}; see the verdicts below.")
     margin = analysis.get("margin", 0.01)
     alpha = analysis.get("alpha", 0.05)
     counts = {
@@ -337,6 +339,10 @@ def provenance_rows(
     if source:
         for key, value in sorted((source.get("source") or {}).items()):
             add("model", "", f"source.{key}", value)
+        package = (source.get("source") or {}).get("python_package")
+        if package:
+            add("model", "", f"{package} version (installed when the report was made)",
+                _installed_version(package))  # fmt: skip
         add("model", "", "parameters", source.get("parameters"))
         for name, digest in sorted((source.get("sha256") or {}).items()):
             add("model", "", f"sha256 {name}", digest)
@@ -371,6 +377,16 @@ def provenance_rows(
         add("packages", "", f"{pkg} ({stage})", ", ".join(sorted(vers)))
     add("config", "", "config", config)
     return pd.DataFrame(rows, columns=PROVENANCE_COLUMNS)
+
+
+def _installed_version(package: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _device_text(device: Mapping[str, Any] | None) -> str:
