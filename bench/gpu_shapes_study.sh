@@ -6,7 +6,10 @@
 #
 # Environment:
 #   TARGETS   "bench" (default): the benchmark JSON of each arm in $ARMS; "all": the whole study
-#             (quantize, evaluate, benchmark, compare, figures) and then report.html
+#             (quantize, evaluate, benchmark, compare, figures) and then report.html; "tables":
+#             every job that may share a GPU (prepare, quantize, evaluate) and aggregate's tables
+#   SERIAL    1: GPU jobs one at a time (each quantize and evaluate job asks for the whole card),
+#             otherwise packed by their gpu_mem_mb estimates; the same jobs and threads either way
 #   ARMS      arms for TARGETS=bench (default: every arm of the study)
 #   WORKDIR   where results/, logs/ and .snakemake/ go (default: the repository); a folder outside
 #             the carried working tree survives between device calls while the machine is warm
@@ -32,11 +35,18 @@ STUDY=llama-3.2-1b-shapes
 CONFIG=$REPO/config/$STUDY.yaml
 if [ "${TARGETS:-bench}" = all ]; then
     targets=all
+elif [ "${TARGETS}" = tables ]; then
+    targets=results/$STUDY/tables/results.csv
 else
     ARMS=${ARMS:-$(python3 -c "import yaml;print(' '.join(yaml.safe_load(open('$CONFIG'))['arms']))")}
     targets=$(for a in $ARMS; do echo results/$STUDY/bench/$a.json; done)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+serial=()
+if [ "${SERIAL:-}" = 1 ]; then
+    card=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+    serial=(--set-resources "quantize:gpu_mem_mb=$card" "evaluate:gpu_mem_mb=$card" "benchmark:gpu_mem_mb=$card")
+fi
 start=$(date +%s)
 deadline=$(( start + ${BUDGET_S:-480} ))
 left() { echo $(( deadline - $(date +%s) > 1 ? deadline - $(date +%s) : 1 )); }
@@ -79,7 +89,7 @@ PY
 fi
 # targets first: --configfile takes several values
 timeout -k 15 "$(left)" python3 -m snakemake $targets -s "$REPO/Snakefile" \
-    --configfile "$CONFIG" --profile "$REPO/profiles/local" --keep-going ${SNAKEMAKE_ARGS:-} &
+    --configfile "$CONFIG" --profile "$REPO/profiles/local" --keep-going "${serial[@]}" ${SNAKEMAKE_ARGS:-} &
 echo $! >.gpu_study.pid
 wait $!
 status=$?
