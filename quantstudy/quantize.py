@@ -231,7 +231,7 @@ def quantize_llmcompressor(
 # --- verification --------------------------------------------------------------------------
 
 # A compressed-tensors arm may differ from the model oneshot left in memory on this share of
-# weights, by at most one quantization step each (see saved_weights_check).
+# weights, by at most one quantization step each (see compression_check).
 TIE_FRACTION = 0.01
 # One step, with room for the rounding of both dequantized weights to bf16 (measured: 1.04).
 MAX_STEPS = 1.1
