@@ -212,6 +212,11 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
                 "new_tokens": res.get("new_tokens"),
                 **_stat(res.get("throughput"), "tokens_per_s"),
                 "unit": "tokens/s",
+                "baseline_median": _stat(
+                    (res.get("baseline") or {}).get("throughput"), "tokens_per_s"
+                )["median"],
+                "ratio_to_baseline": _number(res.get("throughput_ratio")),
+                "ratio_kind": "throughput_ratio",
                 "oom": False,
             }
         )

@@ -1315,6 +1315,49 @@ def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) 
     }
 
 
+def _baseline_at_largest(
+    result: dict[str, Any],
+    baseline_dir: Path,
+    mode: str,
+    settings: Mapping[str, Any],
+    device: torch.device,
+    isolate: bool,
+    vocab: int,
+    timer,
+) -> None:
+    """Add to an arm's largest-batch `result` the baseline's throughput at the same batch size,
+    measured in the same job right after the arm's search, and `throughput_ratio` (arm / baseline).
+
+    The search runs the arm alone, since how much fits beside nothing else is the question, so
+    this one scenario cannot interleave the two models; measuring the baseline next, at the same
+    batch, still lets its throughput be read as a ratio against the same machine's state
+    (absolute throughput at large batches differed 2.5x between two H100 machines).
+    """
+    batch = result.get("batch_size") or 0
+    arm_tps = ((result.get("throughput") or {}).get("tokens_per_s") or {}).get("median")
+    if not result.get("supported") or batch < 1 or arm_tps is None:
+        return
+    at_batch = copy.deepcopy(dict(settings))
+    at_batch["largest_batch"] = {**at_batch["largest_batch"], "start": batch, "limit": batch}
+    if isolate:
+        base = _largest_batch_isolated(baseline_dir, mode, at_batch, device)
+    else:
+        model, _, _ = load_model(baseline_dir, device)
+        spec = mode_spec(mode, at_batch, device)
+        base = _largest_batch_for("baseline", model, spec, at_batch, vocab, timer, device)
+        del model
+        _free_memory(device, full=True)
+    base_tps = ((base.get("throughput") or {}).get("tokens_per_s") or {}).get("median")
+    fitted = bool(base.get("supported")) and base.get("batch_size") == batch
+    result["baseline"] = {
+        "batch_size": batch,
+        "fits": fitted,
+        "throughput": base.get("throughput") if fitted else None,
+        "reason": None if fitted else base.get("reason") or "the baseline did not fit this batch",
+    }
+    result["throughput_ratio"] = arm_tps / base_tps if fitted and base_tps else None
+
+
 def _model_entry(result: dict[str, Any]) -> dict[str, Any]:
     entry = {key: stats(values) for key, values in result["values"].items()}
     entry.update(
@@ -1534,6 +1577,12 @@ def run_benchmark(
                 spec = mode_spec(mode, settings, device)
                 largest[mode] = _largest_batch_for(
                     "arm", loaded["arm"], spec, settings, vocab, timer, device
+                )
+        unload("arm")
+        if not is_baseline:
+            for mode, result in largest.items():
+                _baseline_at_largest(
+                    result, baseline_dir, mode, settings, device, isolate, vocab, timer
                 )
     unload("arm")
 
@@ -1967,6 +2016,21 @@ BENCH_SCHEMA: dict[str, Any] = {
                             },
                         },
                         "throughput": {"$ref": "#/$defs/model_result_or_null"},
+                        "baseline": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["batch_size", "fits", "throughput", "reason"],
+                            "properties": {
+                                "batch_size": {"type": "integer", "minimum": 1},
+                                "fits": {"type": "boolean"},
+                                "throughput": {"$ref": "#/$defs/model_result_or_null"},
+                                "reason": {"type": ["string", "null"]},
+                            },
+                        },
+                        "throughput_ratio": {
+                            "type": ["number", "null"],
+                            "description": "arm / baseline tokens/s at the arm's largest batch",
+                        },
                     },
                 },
             ]

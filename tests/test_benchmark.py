@@ -260,6 +260,13 @@ def test_full_job_matches_schema(nf4_result, dirs):
     assert lb["batch_size"] == 4 and lb["hit_limit"] is True  # nothing runs out of memory here
     assert [p["batch_size"] for p in lb["probes"]] == [1, 2, 4]
     assert lb["throughput"]["tokens_per_s"]["n"] == 2
+    # the baseline, measured in the same job at the arm's largest batch, gives the ratio
+    base = lb["baseline"]
+    assert base["batch_size"] == 4 and base["fits"] is True and base["reason"] is None
+    assert base["throughput"]["tokens_per_s"]["n"] == 2
+    assert lb["throughput_ratio"] == pytest.approx(
+        lb["throughput"]["tokens_per_s"]["median"] / base["throughput"]["tokens_per_s"]["median"]
+    )
 
 
 def test_full_job_ratios_come_from_the_interleaved_baseline(nf4_result):
@@ -276,6 +283,18 @@ def test_full_job_ratios_come_from_the_interleaved_baseline(nf4_result):
             assert entry[ratio] == pytest.approx(arm["median"] / base["median"])
             paired = [a / b for a, b in zip(arm["samples"], base["samples"], strict=True)]
             assert entry["paired_" + ratio]["samples"] == pytest.approx(paired)
+
+
+def test_benchmark_table_reads_the_largest_batch_ratio(nf4_result):
+    from quantstudy.aggregate import bench_rows
+
+    lb = nf4_result["largest_batch"]["eager"]
+    (row,) = [r for r in bench_rows(nf4_result) if r["scenario"] == "largest_batch"]
+    assert row["batch_size"] == lb["batch_size"]
+    assert row["median"] == lb["throughput"]["tokens_per_s"]["median"]
+    assert row["baseline_median"] == lb["baseline"]["throughput"]["tokens_per_s"]["median"]
+    assert row["ratio_to_baseline"] == pytest.approx(row["median"] / row["baseline_median"])
+    assert row["ratio_kind"] == "throughput_ratio"
 
 
 def test_fake_clock_shows_alternation(dirs):
@@ -396,6 +415,9 @@ def test_out_of_memory_is_a_measurement(dirs, monkeypatch):
         4: False,
         3: True,
     }
+    # the baseline is measured at the arm's largest batch only, not searched again
+    assert lb["baseline"]["batch_size"] == 3 and lb["baseline"]["fits"] is True
+    assert lb["throughput_ratio"] is not None
 
 
 def test_arm_that_is_the_baseline_is_measured_once(dirs):
@@ -472,6 +494,24 @@ def test_snakemake_script_writes_the_json(dirs, tmp_path):
     _validate(result)
     assert result["arm"] == "nf4" and result["device_kind"] == "cpu"
     assert "mode eager, scenario ('prefill', 8)" in log.read_text()
+
+
+def test_isolated_job_measures_the_baseline_at_the_arms_largest_batch(dirs):
+    """On the GPU the search runs in child processes (isolate: auto); forced here on the CPU."""
+    settings = _with(
+        PREFILL_ONLY,
+        largest_batch={"modes": ["eager"], "isolate": True, "limit": 2, "prompt_length": 8,
+                       "new_tokens": 2, "repeats": 1},
+    )  # fmt: skip
+    r = bm.run_benchmark(dirs["nf4"], dirs["baseline"], settings, device="cpu")
+    _validate(r)
+    lb = r["largest_batch"]["eager"]
+    assert lb["batch_size"] == 2 and lb["baseline"]["fits"] is True
+    assert lb["baseline"]["batch_size"] == 2
+    assert lb["throughput_ratio"] == pytest.approx(
+        lb["throughput"]["tokens_per_s"]["median"]
+        / lb["baseline"]["throughput"]["tokens_per_s"]["median"]
+    )
 
 
 def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
