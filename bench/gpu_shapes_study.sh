@@ -32,13 +32,15 @@ WORKDIR=${WORKDIR:-$REPO}
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 export PATH=/tmp/site/bin:$PATH
 STUDY=llama-3.2-1b-shapes
+TARGETS=${TARGETS:-bench}
 CONFIG=$REPO/config/$STUDY.yaml
-if [ "${TARGETS:-bench}" = all ]; then
+STUDY_ARMS=$(python3 -c "import yaml;print(' '.join(yaml.safe_load(open('$CONFIG'))['arms']))")
+if [ "$TARGETS" = all ]; then
     targets=all
-elif [ "${TARGETS}" = tables ]; then
+elif [ "$TARGETS" = tables ]; then
     targets=results/$STUDY/tables/results.csv
 else
-    ARMS=${ARMS:-$(python3 -c "import yaml;print(' '.join(yaml.safe_load(open('$CONFIG'))['arms']))")}
+    ARMS=${ARMS:-$STUDY_ARMS}
     targets=$(for a in $ARMS; do echo results/$STUDY/bench/$a.json; done)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
@@ -57,7 +59,7 @@ if [ -f .gpu_study.pid ] && kill -0 "$(cat .gpu_study.pid)" 2>/dev/null; then
     while kill -0 "$(cat .gpu_study.pid)" 2>/dev/null && [ "$(left)" -gt 30 ]; do sleep 5; done
 fi
 if [ -n "${RESTORE:-}" ]; then
-    models=$(python3 -c "import yaml;print(' '.join('results/$STUDY/models/'+a for a in yaml.safe_load(open('$CONFIG'))['arms']))")
+    models=$(for a in $STUDY_ARMS; do echo results/$STUDY/models/$a; done)
     timeout -k 15 "$(left)" python3 -m snakemake $models -s "$REPO/Snakefile" --configfile "$CONFIG" \
         --profile "$REPO/profiles/local" --keep-going ${SNAKEMAKE_ARGS:-} 2>&1 | grep -E "^Error|Finished|exception" | tail -20
     mkdir -p /tmp/restore && tar xzf "$RESTORE" -C /tmp/restore
@@ -96,7 +98,7 @@ status=$?
 echo "snakemake exit $status after $(( $(date +%s) - start )) s"
 OUTDIR=${OUT:-$WORKDIR/results/$STUDY/out}
 mkdir -p "$OUTDIR"
-if [ "${TARGETS:-bench}" = all ] && [ "$status" = 0 ]; then
+if [ "$TARGETS" = all ] && [ "$status" = 0 ]; then
     python3 -m snakemake -s "$REPO/Snakefile" --configfile "$CONFIG" --report "$OUTDIR/report.html" \
         >"$OUTDIR/report.log" 2>&1 && echo "report written" || tail -5 "$OUTDIR/report.log"
 fi
