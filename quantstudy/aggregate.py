@@ -200,12 +200,19 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
                 )
     for mode, res in (bench.get("largest_batch") or {}).items():
         if not res.get("supported", False):
+            rows.append(
+                {**base, "mode": mode, "supported": False, "reason": res.get("reason"),
+                 "scenario": "largest_batch", "batch_size": res.get("batch_size"),
+                 "unit": "tokens/s", "oom": False}
+            )  # fmt: skip
             continue
         rows.append(
             {
                 **base,
                 "mode": mode,
                 "supported": True,
+                # a kernel that ended the search process before memory ran out
+                "reason": (res.get("stopped_by") or {}).get("reason"),
                 "scenario": "largest_batch",
                 "batch_size": res.get("batch_size"),
                 "prompt_length": res.get("prompt_length"),

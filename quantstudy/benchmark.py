@@ -1244,6 +1244,7 @@ def _largest_batch_child(arm_dir: str, mode: str, settings, device: str, progres
     """Child process of `_largest_batch_isolated`: load the arm, search, write the result."""
     device_ = torch.device(device)
     model, _, _ = load_model(arm_dir, device_)
+    Path(progress + ".loaded").touch()
     spec = mode_spec(mode, settings, device_)
 
     def record(probe: dict[str, Any]) -> None:
@@ -1256,13 +1257,29 @@ def _largest_batch_child(arm_dir: str, mode: str, settings, device: str, progres
     Path(out).write_text(json.dumps(result, default=str))
 
 
-def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) -> dict[str, Any]:
-    """The largest-batch search in a child process, so a kernel that ends the process (instead of
-    raising) is recorded as the batch where it happened rather than losing the whole job.
+def _next_probe(probes: Sequence[Mapping[str, Any]], start: int, limit: int) -> int | None:
+    """The batch size `largest_batch` tries after these probes (the one a dead search died at),
+    found by replaying the search on the recorded outcomes; None when it would have ended."""
+    seen = {p["batch_size"]: p["fits"] for p in probes}
 
-    The child is a fresh `python -c` that imports this module, not a multiprocessing spawn: spawn
-    re-runs the parent's __main__, which under Snakemake is the job script itself.
-    """
+    class Unprobed(Exception):
+        pass
+
+    def replay(batch: int) -> bool:
+        if batch not in seen:
+            raise Unprobed(batch)
+        return seen[batch]
+
+    try:
+        largest_batch(replay, start=start, limit=limit)
+    except Unprobed as next_batch:
+        return next_batch.args[0]
+    return None
+
+
+def _search_child(arm_dir, mode: str, settings, device: torch.device):
+    """Run `_largest_batch_child` in a fresh process: (exit code, result or None, probes, stderr,
+    whether the arm had loaded)."""
     import subprocess
     import sys
     import tempfile
@@ -1292,23 +1309,62 @@ def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) 
             capture_output=True,
             text=True,
         )
-        if child.returncode == 0 and out.exists():
-            return json.loads(out.read_text())
+        result = json.loads(out.read_text()) if child.returncode == 0 and out.exists() else None
         probes = (
             [json.loads(x) for x in progress.read_text().splitlines()] if progress.exists() else []
         )
-    log.warning("largest-batch search process failed:\n%s", child.stderr[-3000:])
+        loaded = Path(f"{progress}.loaded").exists()
+    return child.returncode, result, probes, child.stderr, loaded
+
+
+def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) -> dict[str, Any]:
+    """The largest-batch search in a child process, so a kernel that ends the process (instead of
+    raising) is recorded as the batch where it happened rather than losing the whole job.
+
+    When the process dies after some batches ran (on the H100 bitsandbytes' int8 kernel ends it
+    at batch 2048 with memory to spare), the largest batch that ran is the answer, as for an
+    out-of-memory: a second child measures its throughput, and the result says what stopped the
+    search (`stopped_by`). Only a search where no batch ran, or whose largest batch then fails
+    too, is unsupported.
+
+    The child is a fresh `python -c` that imports this module, not a multiprocessing spawn: spawn
+    re-runs the parent's __main__, which under Snakemake is the job script itself.
+    """
+    code, result, probes, stderr, loaded = _search_child(arm_dir, mode, settings, device)
+    if result is not None:
+        return result
+    log.warning("largest-batch search process failed:\n%s", stderr[-3000:])
     fitted = [p["batch_size"] for p in probes if p["fits"]]
     tried = sorted(p["batch_size"] for p in probes)
     sec = settings["largest_batch"]
-    last_line = (child.stderr.strip().splitlines() or [""])[-1][:300]
+    last_line = (stderr.strip().splitlines() or [""])[-1][:300]
+    where = (
+        f"at batch {_next_probe(probes, sec['start'], sec['limit'])}"
+        if loaded
+        else "loading the arm"
+    )
+    died = (
+        f"the search process ended with exit code {code} {where} after probing batches {tried}; "
+        f"largest that fitted: {max(fitted) if fitted else None}; last words: {last_line!r}"
+    )
+    if fitted:
+        found = max(fitted)
+        at_found = copy.deepcopy(dict(settings))
+        at_found["largest_batch"] = {**sec, "start": found, "limit": found}
+        code2, again, _, stderr2, _ = _search_child(arm_dir, mode, at_found, device)
+        if again is not None and again.get("supported") and again.get("batch_size") == found:
+            again.update(
+                limit=sec["limit"],
+                hit_limit=False,
+                probes=probes,
+                stopped_by={"exit_code": code, "reason": died},
+            )
+            return again
+        why = (again or {}).get("reason") or (stderr2.strip().splitlines() or [""])[-1][:300]
+        died += f"; batch {found} alone then failed too (exit code {code2}): {why}"
     return {
         "supported": False,
-        "reason": (
-            f"the search process ended with exit code {child.returncode} after probing batches "
-            f"{tried}; largest that fitted: {max(fitted) if fitted else None}; last words: "
-            f"{last_line!r}"
-        ),
+        "reason": died,
         "batch_size": max(fitted) if fitted else 0,
         "limit": sec["limit"],
         "probes": probes,
@@ -2016,6 +2072,17 @@ BENCH_SCHEMA: dict[str, Any] = {
                             },
                         },
                         "throughput": {"$ref": "#/$defs/model_result_or_null"},
+                        "stopped_by": {
+                            "type": "object",
+                            "description": "what ended the search before the limit, when it "
+                            "was not an out-of-memory (a kernel that ended the process)",
+                            "additionalProperties": False,
+                            "required": ["exit_code", "reason"],
+                            "properties": {
+                                "exit_code": {"type": "integer"},
+                                "reason": {"type": "string"},
+                            },
+                        },
                         "baseline": {
                             "type": "object",
                             "additionalProperties": False,

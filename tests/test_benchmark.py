@@ -521,8 +521,84 @@ def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
         tmp_path / "no-such-arm", "eager", settings, torch.device("cpu")
     )
     assert result["supported"] is False
-    assert "exit code 1" in result["reason"] and "no-such-arm" in result["reason"]
+    assert "exit code 1 loading the arm" in result["reason"] and "no-such-arm" in result["reason"]
     assert result["batch_size"] == 0 and result["probes"] == []
+
+
+# A kernel that ends the process at some batch instead of raising: bitsandbytes' int8 kernel does
+# so on the H100 at batch 2048 ("Error invalid argument at line 421 in file /src/csrc/ops.cu").
+# Injected into the search's child processes (and only there) by a sitecustomize on PYTHONPATH.
+_DIE_ABOVE_2 = """\
+import os, sys, torch
+_forward = torch.nn.Embedding.forward
+def forward(self, ids):
+    if ids.shape[0] > {cap}:
+        sys.stderr.write("Error invalid argument at line 421 in file ops.cu\\n")
+        sys.stderr.flush()
+        os._exit(1)
+    return _forward(self, ids)
+torch.nn.Embedding.forward = forward
+"""
+
+
+def _kill_children_above(cap: int, tmp_path, monkeypatch) -> None:
+    (tmp_path / "sitecustomize.py").write_text(_DIE_ABOVE_2.format(cap=cap))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+
+def test_a_search_that_dies_keeps_the_largest_batch_that_ran(dirs, tmp_path, monkeypatch):
+    from quantstudy.aggregate import bench_rows
+
+    _kill_children_above(2, tmp_path, monkeypatch)
+    settings = bm.resolve_settings(
+        {**bm.SMALL_SETTINGS, "largest_batch": {**bm.SMALL_SETTINGS["largest_batch"], "limit": 8}}
+    )
+    result = bm._largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
+    jsonschema.validate(
+        {"eager": result},
+        bm.BENCH_SCHEMA["properties"]["largest_batch"] | {"$defs": bm.BENCH_SCHEMA["$defs"]},
+    )
+    assert result["supported"] is True and result["batch_size"] == 2
+    assert result["hit_limit"] is False and result["limit"] == 8
+    assert [(p["batch_size"], p["fits"]) for p in result["probes"]] == [(1, True), (2, True)]
+    stopped = result["stopped_by"]
+    assert stopped["exit_code"] == 1
+    assert "at batch 4 " in stopped["reason"] and "invalid argument" in stopped["reason"]
+    # the second child measured the throughput at the largest batch that ran
+    tps = result["throughput"]["tokens_per_s"]
+    assert tps["n"] == settings["largest_batch"]["repeats"] and tps["median"] > 0
+    bench = {"arm": "x", "device_kind": "cpu", "device": {"name": "cpu"},
+             "models": {"arm": {"method": "baseline"}}, "modes": {},
+             "largest_batch": {"eager": result}}  # fmt: skip
+    (row,) = bench_rows(bench)
+    assert row["supported"] is True and row["batch_size"] == 2
+    assert row["median"] == tps["median"] and row["reason"] == stopped["reason"]
+
+
+def test_a_search_that_dies_at_the_first_batch_is_unsupported(dirs, tmp_path, monkeypatch):
+    from quantstudy.aggregate import bench_rows
+
+    _kill_children_above(0, tmp_path, monkeypatch)
+    settings = bm.resolve_settings(bm.SMALL_SETTINGS)
+    result = bm._largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
+    assert result["supported"] is False and result["batch_size"] == 0
+    assert "exit code 1 at batch 1 " in result["reason"]
+    bench = {"arm": "x", "device_kind": "cpu", "device": {"name": "cpu"},
+             "models": {"arm": {"method": "baseline"}}, "modes": {},
+             "largest_batch": {"eager": result}}  # fmt: skip
+    (row,) = bench_rows(bench)  # recorded, not dropped
+    assert row["supported"] is False and row["reason"] == result["reason"]
+
+
+@pytest.mark.parametrize("cap,start,limit", [(37, 1, 4096), (5, 2, 64), (64, 1, 64), (0, 1, 8)])
+def test_next_probe_replays_the_search(cap, start, limit):
+    """Cut a recorded search after each probe: the replay names the batch that came next."""
+    tried = []
+    bm.largest_batch(lambda b: tried.append(b) or b <= cap, start=start, limit=limit)
+    for k in range(len(tried) + 1):
+        probes = [{"batch_size": b, "fits": b <= cap} for b in tried[:k]]
+        expected = tried[k] if k < len(tried) else None
+        assert bm._next_probe(probes, start, limit) == expected
 
 
 def test_largest_batch_in_a_child_process_finds_the_limit(dirs):
@@ -551,9 +627,6 @@ def test_largest_batch_child_runs_from_a_script_main(dirs, tmp_path):
     script = tmp_path / "job.py"
     script.write_text(
         "import json, sys, torch\n"
-        "undefined_name_like_snakemake  # a Snakemake job script fails when re-run outside Snakemake\n"
-        if False
-        else "import json, sys, torch\n"
         "from quantstudy import benchmark as bm\n"
         "if __name__ != '__main__':\n"
         "    raise SystemExit('the job script was re-run in the child')\n"
