@@ -554,9 +554,13 @@ def throughput_data(bench: pd.DataFrame) -> pd.DataFrame:
 
 
 def roofline_data(bench: pd.DataFrame) -> pd.DataFrame:
-    """Batch-1 decode per arm and mode: ms/token, the roofline's ms/token and the fraction."""
-    cols = ["arm", "method", "mode", "device_kind", "median", "roofline_ms", "roofline_fraction"]
-    return _bench_rows(bench, "decode")[cols].reset_index(drop=True)
+    """Batch-1 decode per arm and mode: ms/token, the roofline's ms/token and the fraction; a mode
+    an arm cannot run in is a row too, with `supported` false and its reason."""
+    cols = ["arm", "method", "mode", "device_kind", "median", "roofline_ms", "roofline_fraction",
+            "supported", "reason"]  # fmt: skip
+    unsupported = bench[~bench["supported"].astype(bool) & bench["scenario"].isna()]
+    rows = pd.concat([_bench_rows(bench, "decode"), unsupported.assign(supported=False)])
+    return rows[cols].reset_index(drop=True)
 
 
 def _speed_plot(data: pd.DataFrame, x: str, xlab: str, ylab: str, arms: Sequence[str]):
@@ -618,7 +622,11 @@ def roofline(bench: pd.DataFrame | None, arms: Sequence[str], png: Path | str) -
         empty_figure(message or "No decode measurement ran.", png, "roofline fraction")
         return
     data["arm"] = pd.Categorical(data["arm"], categories=[a for a in arms if a in set(data.arm)])
-    data["label"] = [f"{f:.2f}" if not math.isnan(f) else "–" for f in data["roofline_fraction"]]
+    data["label"] = [
+        "n/a" if not ok else f"{f:.2f}" if not math.isnan(f) else "–"
+        for f, ok in zip(data["roofline_fraction"], data["supported"].astype(bool), strict=True)
+    ]
+    data["roofline_fraction"] = data["roofline_fraction"].fillna(0.0)
     plot = (
         ggplot(data, aes("arm", "roofline_fraction", fill="method"))
         + geom_col(width=0.7)

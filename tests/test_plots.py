@@ -115,6 +115,25 @@ def test_speed_data_come_from_the_benchmark_table(study):  # noqa: F811
     assert roof.loc[("bad", "eager"), "roofline_fraction"] == pytest.approx(1 / BENCH_MS["bad"])
 
 
+def test_roofline_shows_an_unsupported_mode_as_such(tmp_path):
+    from tests.test_compare import bench_record
+
+    records = [
+        bench_record("fp32", "fp32", 10.0, 10.0),
+        bench_record("bad", "fp32", 5.0, 10.0, static=False),
+    ]
+    bench = pd.DataFrame([r for rec in records for r in aggregate.bench_rows(rec)])
+    roof = plots.roofline_data(bench).set_index(["arm", "mode"])
+    assert roof.loc[("bad", "static"), "supported"] == False  # noqa: E712  (numpy bool)
+    assert roof.loc[("bad", "static"), "reason"] == "not on this device"
+    assert roof.loc[("bad", "eager"), "roofline_fraction"] == pytest.approx(1 / 5.0)
+    png = tmp_path / "roofline.png"
+    plots.roofline(bench, ["fp32", "bad"], png)
+    drawn = pd.read_csv(png.with_suffix(".csv"), keep_default_na=False).set_index(["arm", "mode"])
+    assert drawn.loc[("bad", "static"), "label"] == "n/a"
+    assert drawn.loc[("bad", "eager"), "label"] == "0.20"
+
+
 # --------------------------------------------------------------------------- files
 
 
