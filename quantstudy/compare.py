@@ -24,7 +24,7 @@ from .report import VERDICT_PREFIX
 
 SAMPLES_SUFFIX = ".samples.jsonl"
 DECISION_COLUMNS = [
-    "arm", "method", "bits", "role", "status", "memory_bytes", "memory_vs_baseline",
+    "arm", "method", "bits", "role", "status", "caveat", "memory_bytes", "memory_vs_baseline",
     "disk_bytes", "speed_vs_baseline", "speed_measure", "worst_loss", "worst_loss_diff",
     "worst_loss_task", "worst_loss_metric", "recommended",
 ]  # fmt: skip
@@ -342,13 +342,15 @@ def decision_table(
     missing: Mapping[Any, str],
     rule: str,
     primary: Mapping[str, str] | None = None,
+    caveats: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, stats.Recommendation]:
     """One row per configured arm: memory, speed, verdict per task, worst loss, recommendation.
 
     ``arms`` is the config's arms (every one gets a row, in config order); ``quant`` the
     quantize.json of the arms that were built; ``speeds`` the decode speed of the benchmarked
     ones; ``missing`` says why outputs are absent ({arm: reason} for an arm that was not built,
-    {(arm, task): reason} for an evaluation that did not run). The recommendation
+    {(arm, task): reason} for an evaluation that did not run); ``caveats`` what weakens an arm's
+    comparison without removing it (see :func:`batch_caveats`). The recommendation
     is :func:`quantstudy.stats.recommend` under ``rule`` over the non-baseline arms.
     """
     deciding = deciding_rows(comparisons, primary)
@@ -379,6 +381,7 @@ def decision_table(
             "bits": (rec or {}).get("bits"),
             "role": "baseline" if arm == baseline else "candidate",
             "status": status,
+            "caveat": (caveats or {}).get(arm, ""),
             "memory_bytes": memory,
             "memory_vs_baseline": memory / base_mem if base_mem else math.nan,
             "disk_bytes": float(rec["disk_bytes"]) if rec else math.nan,
@@ -395,6 +398,31 @@ def decision_table(
     table = pd.DataFrame(rows, columns=DECISION_COLUMNS + [f"{VERDICT_PREFIX}{t}" for t in tasks])
     table["recommended"] = table["arm"] == recommendation.arm
     return table, recommendation
+
+
+def batch_caveats(eval_jsons: Iterable[Mapping[str, Any]], baseline: str) -> dict[str, str]:
+    """{arm: words} for each arm that ran a task at another batch size than the baseline did
+    (an evaluate job retried after an out-of-memory runs at a smaller batch): its verdict on that
+    task then also carries the batch size's effect on lm-eval's scores."""
+    runs = {(e["arm"], e["task"]): e for e in eval_jsons}
+    out: dict[str, list[str]] = {}
+    for (arm, task), run in sorted(runs.items()):
+        base = runs.get((baseline, task))
+        if arm == baseline or base is None:
+            continue
+        if run.get("batch_size_used") == base.get("batch_size_used"):
+            continue
+
+        def size(e: Mapping[str, Any]) -> str:
+            k = int(e.get("batch_halvings") or 0)
+            return f"{e.get('batch_size_used')}" + (
+                f" (halved {k}× after an out-of-memory)" if k else ""
+            )
+
+        out.setdefault(arm, []).append(
+            f"{task} ran at batch {size(run)}, the baseline at {size(base)}"
+        )
+    return {arm: "; ".join(items) for arm, items in out.items()}
 
 
 def power_by_task(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -465,6 +493,7 @@ def run(
         missing_reasons(missing),
         analysis.get("recommend", "smallest-equivalent"),
         primary,
+        batch_caveats(evals, baseline),
     )
     power = power_by_task(deciding_rows(comparisons, primary))
     scores.to_csv(out["scores"], index=False)

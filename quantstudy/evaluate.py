@@ -5,6 +5,7 @@ Every call into lm-eval goes through `run_lm_eval`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -32,6 +33,69 @@ def batch_size_for(task_spec: dict[str, Any], baseline_eval: Path | str | None) 
     if baseline_eval is None:
         return "auto"
     return int(json.loads(Path(baseline_eval).read_text())["batch_size_used"])
+
+
+def attempts_path(log_path: Path | str) -> Path:
+    """Where an evaluate job keeps what its failed attempts hit: beside its log, since Snakemake
+    deletes a job's log (and outputs) before each attempt."""
+    log_path = Path(log_path)
+    return log_path.with_name(log_path.name.removesuffix(".log") + ".attempts.jsonl")
+
+
+def earlier_attempts(log_path: Path | str, attempt: int) -> list[dict[str, Any]]:
+    """The records of this job's failed attempts before `attempt`; a first attempt starts afresh
+    (an old run's records are deleted)."""
+    path = attempts_path(log_path)
+    if attempt <= 1:
+        path.unlink(missing_ok=True)
+        return []
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU out-of-memory (torch's OutOfMemoryError) or a failed host allocation."""
+    words = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        w in words for w in ("out of memory", "not enough memory")
+    )
+
+
+@contextlib.contextmanager
+def recording_attempt(log_path: Path | str, attempt: int, halvings: int):
+    """Record a failure of this attempt (whether it ran out of memory) for the next attempt."""
+    try:
+        yield
+    except BaseException as error:
+        record = {"attempt": attempt, "halvings": halvings,
+                  "out_of_memory": is_out_of_memory(error), "error": repr(error)[:500]}  # fmt: skip
+        with open(attempts_path(log_path), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        raise
+
+
+def batch_halvings(attempt: int, earlier: list[dict[str, Any]]) -> int:
+    """How many times to halve the task's batch size on this attempt of an evaluate job.
+
+    Snakemake retries a failed job (`--retries`: attempt 2, 3, ...). A retry halves the batch
+    once more than the attempt before it when that attempt ran out of memory, and keeps its
+    batch after any other failure; a first attempt never halves.
+    """
+    if attempt <= 1 or not earlier:
+        return 0
+    last = earlier[-1]
+    return int(last["halvings"]) + (1 if last["out_of_memory"] else 0)
+
+
+def shrink_batch(
+    batch_size: int | str, max_batch_size: int, halvings: int
+) -> tuple[int | str, int]:
+    """(batch_size, max_batch_size) halved `halvings` times, never below 1; for "auto" its
+    search's upper bound is halved instead."""
+    if batch_size == "auto":
+        return "auto", max(1, max_batch_size >> halvings)
+    return max(1, int(batch_size) >> halvings), max_batch_size
 
 
 def load_model(model_dir: Path | str, device: str):
@@ -153,9 +217,22 @@ def evaluate(
     device: str | None = None,
     max_batch_size: int = 64,
     max_length: int | None = None,
+    halvings: int = 0,
+    earlier_attempts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a saved arm on one task; write `{task}.json` and `{task}.samples.jsonl`."""
+    """Evaluate a saved arm on one task; write `{task}.json` and `{task}.samples.jsonl`.
+
+    `halvings` (a retry after an out-of-memory, see `batch_halvings`) halves the batch size, or
+    the upper bound of its "auto" search, that many times; the summary records both sizes.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    configured = batch_size
+    batch_size, max_batch_size = shrink_batch(batch_size, max_batch_size, halvings)
+    if halvings:
+        log.warning(
+            "batch size %s halved %d time(s) after an out-of-memory: %s (max %d)",
+            configured, halvings, batch_size, max_batch_size,
+        )  # fmt: skip
     start = time.perf_counter()
     model, tokenizer = load_model(model_dir, device)
     results, used = run_lm_eval(
@@ -172,6 +249,9 @@ def evaluate(
         "arm": arm,
         "task": task,
         "task_spec": task_spec,
+        "batch_size_configured": configured,
+        "batch_halvings": halvings,
+        "earlier_attempts": earlier_attempts or [],
         "batch_size_requested": batch_size,
         "batch_size_used": used,
         "n_samples": len(records),

@@ -59,6 +59,8 @@ def decision_display(decision: pd.DataFrame) -> pd.DataFrame:
             note = "baseline"
         if str(r["status"]) != "ok":
             note = (note + "; " if note else "") + str(r["status"])
+        if isinstance(r.get("caveat"), str) and r["caveat"]:
+            note = (note + "; " if note else "") + r["caveat"]
         rows.append(
             {
                 "arm": r["arm"],
@@ -149,6 +151,16 @@ def summary_sentences(
             "Not complete: "
             + "; ".join(f"{r['arm']} — {r['status']}" for r in gone.to_dict("records"))
             + ". These arms stay in the table; a rule never picks an arm with a missing verdict."
+        )
+    caveats = [
+        f"{r['arm']} — {r['caveat']}"
+        for r in decision.to_dict("records")
+        if isinstance(r.get("caveat"), str) and r["caveat"]
+    ]
+    if caveats:
+        out.append(
+            "Batch sizes differ: " + "; ".join(caveats) + ". Padding moves lm-eval's scores a "
+            "little, so these verdicts mix that in; rerun with a batch size every arm fits."
         )
     measured = decision[decision["speed_vs_baseline"].notna()]
     if len(measured):

@@ -5,11 +5,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from quantstudy.evaluate import batch_size_for, evaluate  # noqa: E402
+from quantstudy.evaluate import (  # noqa: E402
+    batch_halvings,
+    batch_size_for,
+    earlier_attempts,
+    evaluate,
+    recording_attempt,
+)
 from quantstudy.gpus import lease  # noqa: E402
 from quantstudy.scripting import logged  # noqa: E402
 
-with logged(snakemake.log[0]), lease(snakemake.resources.gpu_mem_mb):  # noqa: F821
+log_path = snakemake.log[0]  # noqa: F821
+attempt = int(snakemake.resources.attempt)  # noqa: F821
+earlier = earlier_attempts(log_path, attempt)
+halvings = batch_halvings(attempt, earlier)
+with (
+    logged(log_path),
+    lease(snakemake.resources.gpu_mem_mb),  # noqa: F821
+    recording_attempt(log_path, attempt, halvings),
+):
+    print(f"attempt {attempt}, batch halvings {halvings}, earlier attempts: {earlier}", flush=True)
     root = Path(snakemake.scriptdir).parent  # noqa: F821
     task_spec = snakemake.params.task  # noqa: F821
     settings = snakemake.params.evaluation  # noqa: F821
@@ -25,4 +40,6 @@ with logged(snakemake.log[0]), lease(snakemake.resources.gpu_mem_mb):  # noqa: F
         out_samples=snakemake.output.samples,  # noqa: F821
         max_batch_size=settings["max_batch_size"],
         max_length=settings.get("max_length"),
+        halvings=halvings,
+        earlier_attempts=earlier,
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import aggregate, compare, stats
+from quantstudy import aggregate, compare, report, stats
 
 # --------------------------------------------------------------------------- builders
 
@@ -277,6 +277,29 @@ def test_missing_evaluation_marks_the_arm_incomplete(study):
     row = decision.set_index("arm").loc["same"]
     assert row["verdict:qa"] == "missing" and row["verdict:mc"] == "equivalent"
     assert row["status"] == "incomplete: qa evaluation failed (log: y)"
+
+
+def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
+    _, files, _ = study
+    run = lambda arm, task, used, k=0: {"arm": arm, "task": task, "batch_size_used": used,  # noqa: E731
+                                        "batch_halvings": k}  # fmt: skip
+    evals = [run("fp32", "qa", 8), run("same", "qa", 8), run("bad", "qa", 4, 1),
+             run("fp32", "mc", 16, 1), run("same", "mc", 32), run("small", "mc", 16)]  # fmt: skip
+    caveats = compare.batch_caveats(evals, "fp32")
+    assert caveats == {
+        "bad": "qa ran at batch 4 (halved 1× after an out-of-memory), the baseline at 8",
+        "same": "mc ran at batch 32, the baseline at 16 (halved 1× after an out-of-memory)",
+    }
+    samples = compare.load_samples(files["samples"])
+    _, comparisons = compare.analyse(samples, [], "fp32", list(ARMS), TASKS, ANALYSIS)
+    quant = aggregate.load_quantize_records(files["models"])
+    decision, _ = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, {},
+                                         "smallest-equivalent", caveats=caveats)  # fmt: skip
+    decision = decision.set_index("arm")
+    assert decision.loc["bad", "caveat"] == caveats["bad"]
+    assert decision.loc["small", "caveat"] == "" and decision.loc["small", "status"] == "ok"
+    shown = report.decision_display(decision.reset_index()).set_index("arm")
+    assert caveats["same"] in shown.loc["same", "note"]
 
 
 def test_power_states_the_detectable_difference(study):

@@ -7,13 +7,14 @@ tests then read its outputs, and check what bad configs and failing arms do.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import LIMITS, snakemake, tiny_config, write_config
+from tests.conftest import LIMITS, copy_study, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -158,6 +159,48 @@ def test_a_failing_arm_keeps_the_others(tiny_study, tmp_path):
     assert "divisible" in log or "group" in log
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before, "finished outputs of other arms were touched"
+
+
+# A GPU out-of-memory, which this CPU cannot have: injected into the job's process by a
+# sitecustomize that raises torch's own OutOfMemoryError for any forward of more than 2 rows.
+_OOM_ABOVE_2 = """\
+import torch
+_forward = torch.nn.Embedding.forward
+def forward(self, ids):
+    if ids.dim() == 2 and ids.shape[0] > 2:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return _forward(self, ids)
+torch.nn.Embedding.forward = forward
+"""
+
+
+def test_a_retry_after_an_out_of_memory_halves_the_batch(tiny_study, tmp_path):
+    """`--retries`: the evaluate job's second attempt runs at half the batch, says so in its JSON,
+    and the decision table marks the arm whose batch then differs from the baseline's."""
+    work = copy_study(tiny_study, tmp_path / "work")
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_OOM_ABOVE_2)
+    target = "results/tiny/eval/fp4/demo_passage_qa.json"  # batch_size 4 in the tiny study
+    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+    snakemake(work, "-c1", "--retries", "1", "--forcerun", target, "--", target,
+              env={"PYTHONPATH": pythonpath})  # fmt: skip
+    summary = json.loads((work / target).read_text())
+    assert summary["batch_size_configured"] == 4 and summary["batch_halvings"] == 1
+    assert summary["batch_size_used"] == 2
+    samples = read_samples(work / target.replace(".json", ".samples.jsonl"))
+    assert len(samples) == LIMITS["demo_passage_qa"]
+    (earlier,) = summary["earlier_attempts"]  # Snakemake deleted attempt 1's log; this remains
+    assert earlier["attempt"] == 1 and earlier["halvings"] == 0 and earlier["out_of_memory"]
+    assert "CUDA out of memory" in earlier["error"]
+    log = (work / "logs/tiny/eval/fp4/demo_passage_qa.log").read_text()
+    assert "attempt 2, batch halvings 1" in log and "halved 1 time(s)" in log
+    snakemake(work, "-c1", "--", "results/tiny/tables/decision.csv")
+    decision = pd.read_csv(results(work) / "tables" / "decision.csv").set_index("arm")
+    assert decision.loc["fp4", "caveat"] == (
+        "demo_passage_qa ran at batch 2 (halved 1× after an out-of-memory), the baseline at 4"
+    )
+    assert decision.drop(index="fp4")["caveat"].isna().all()
 
 
 def test_benchmark_table_has_every_arm_and_mode(tiny_study):
