@@ -1277,6 +1277,18 @@ def _next_probe(probes: Sequence[Mapping[str, Any]], start: int, limit: int) -> 
     return None
 
 
+def _settings_at_batch(settings: Mapping[str, Any], batch: int) -> dict[str, Any]:
+    """A copy of the settings whose largest-batch search tries exactly `batch`."""
+    out = copy.deepcopy(dict(settings))
+    out["largest_batch"] = {**out["largest_batch"], "start": batch, "limit": batch}
+    return out
+
+
+def _last_words(stderr: str) -> str:
+    """The last line a process wrote to stderr (at most 300 characters)."""
+    return (stderr.strip().splitlines() or [""])[-1][:300]
+
+
 def _search_child(arm_dir, mode: str, settings, device: torch.device):
     """Run `_largest_batch_child` in a fresh process: (exit code, result or None, probes, stderr,
     whether the arm had loaded)."""
@@ -1337,7 +1349,6 @@ def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) 
     fitted = [p["batch_size"] for p in probes if p["fits"]]
     tried = sorted(p["batch_size"] for p in probes)
     sec = settings["largest_batch"]
-    last_line = (stderr.strip().splitlines() or [""])[-1][:300]
     where = (
         f"at batch {_next_probe(probes, sec['start'], sec['limit'])}"
         if loaded
@@ -1345,13 +1356,14 @@ def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) 
     )
     died = (
         f"the search process ended with exit code {code} {where} after probing batches {tried}; "
-        f"largest that fitted: {max(fitted) if fitted else None}; last words: {last_line!r}"
+        f"largest that fitted: {max(fitted) if fitted else None}; last words: "
+        f"{_last_words(stderr)!r}"
     )
     if fitted:
         found = max(fitted)
-        at_found = copy.deepcopy(dict(settings))
-        at_found["largest_batch"] = {**sec, "start": found, "limit": found}
-        code2, again, _, stderr2, _ = _search_child(arm_dir, mode, at_found, device)
+        code2, again, _, stderr2, _ = _search_child(
+            arm_dir, mode, _settings_at_batch(settings, found), device
+        )
         if again is not None and again.get("supported") and again.get("batch_size") == found:
             again.update(
                 limit=sec["limit"],
@@ -1360,7 +1372,7 @@ def _largest_batch_isolated(arm_dir, mode: str, settings, device: torch.device) 
                 stopped_by={"exit_code": code, "reason": died},
             )
             return again
-        why = (again or {}).get("reason") or (stderr2.strip().splitlines() or [""])[-1][:300]
+        why = (again or {}).get("reason") or _last_words(stderr2)
         died += f"; batch {found} alone then failed too (exit code {code2}): {why}"
     return {
         "supported": False,
@@ -1393,8 +1405,7 @@ def _baseline_at_largest(
     arm_tps = ((result.get("throughput") or {}).get("tokens_per_s") or {}).get("median")
     if not result.get("supported") or batch < 1 or arm_tps is None:
         return
-    at_batch = copy.deepcopy(dict(settings))
-    at_batch["largest_batch"] = {**at_batch["largest_batch"], "start": batch, "limit": batch}
+    at_batch = _settings_at_batch(settings, batch)
     if isolate:
         base = _largest_batch_isolated(baseline_dir, mode, at_batch, device)
     else:
@@ -1640,7 +1651,6 @@ def run_benchmark(
                 _baseline_at_largest(
                     result, baseline_dir, mode, settings, device, isolate, vocab, timer
                 )
-    unload("arm")
 
     return {
         "schema": SCHEMA_ID,

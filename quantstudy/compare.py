@@ -404,6 +404,13 @@ def batch_caveats(eval_jsons: Iterable[Mapping[str, Any]], baseline: str) -> dic
     """{arm: words} for each arm that ran a task at another batch size than the baseline did
     (an evaluate job retried after an out-of-memory runs at a smaller batch): its verdict on that
     task then also carries the batch size's effect on lm-eval's scores."""
+
+    def size(e: Mapping[str, Any]) -> str:
+        k = int(e.get("batch_halvings") or 0)
+        return f"{e.get('batch_size_used')}" + (
+            f" (halved {k}× after an out-of-memory)" if k else ""
+        )
+
     runs = {(e["arm"], e["task"]): e for e in eval_jsons}
     out: dict[str, list[str]] = {}
     for (arm, task), run in sorted(runs.items()):
@@ -412,13 +419,6 @@ def batch_caveats(eval_jsons: Iterable[Mapping[str, Any]], baseline: str) -> dic
             continue
         if run.get("batch_size_used") == base.get("batch_size_used"):
             continue
-
-        def size(e: Mapping[str, Any]) -> str:
-            k = int(e.get("batch_halvings") or 0)
-            return f"{e.get('batch_size_used')}" + (
-                f" (halved {k}× after an out-of-memory)" if k else ""
-            )
-
         out.setdefault(arm, []).append(
             f"{task} ran at batch {size(run)}, the baseline at {size(base)}"
         )

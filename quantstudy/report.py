@@ -49,6 +49,12 @@ def _short_loss(row: Mapping[str, Any]) -> str:
     return f"{diff:+.3f} ({row['worst_loss_task']} {row['worst_loss_metric']})"
 
 
+def _caveat(row: Mapping[str, Any]) -> str:
+    """A decision row's caveat, "" when it has none (read back from CSV, an empty one is NaN)."""
+    caveat = row.get("caveat")
+    return caveat if isinstance(caveat, str) else ""
+
+
 def decision_display(decision: pd.DataFrame) -> pd.DataFrame:
     """The decision table as a reader sees it: one row per arm, words and formatted numbers."""
     tasks = _verdict_tasks(decision)
@@ -59,8 +65,8 @@ def decision_display(decision: pd.DataFrame) -> pd.DataFrame:
             note = "baseline"
         if str(r["status"]) != "ok":
             note = (note + "; " if note else "") + str(r["status"])
-        if isinstance(r.get("caveat"), str) and r["caveat"]:
-            note = (note + "; " if note else "") + r["caveat"]
+        if _caveat(r):
+            note = (note + "; " if note else "") + _caveat(r)
         rows.append(
             {
                 "arm": r["arm"],
@@ -152,11 +158,7 @@ def summary_sentences(
             + "; ".join(f"{r['arm']} — {r['status']}" for r in gone.to_dict("records"))
             + ". These arms stay in the table; a rule never picks an arm with a missing verdict."
         )
-    caveats = [
-        f"{r['arm']} — {r['caveat']}"
-        for r in decision.to_dict("records")
-        if isinstance(r.get("caveat"), str) and r["caveat"]
-    ]
+    caveats = [f"{r['arm']} — {_caveat(r)}" for r in decision.to_dict("records") if _caveat(r)]
     if caveats:
         out.append(
             "Batch sizes differ: " + "; ".join(caveats) + ". Padding moves lm-eval's scores a "

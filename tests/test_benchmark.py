@@ -417,7 +417,10 @@ def test_out_of_memory_is_a_measurement(dirs, monkeypatch):
     }
     # the baseline is measured at the arm's largest batch only, not searched again
     assert lb["baseline"]["batch_size"] == 3 and lb["baseline"]["fits"] is True
-    assert lb["throughput_ratio"] is not None
+    assert lb["throughput_ratio"] == pytest.approx(
+        lb["throughput"]["tokens_per_s"]["median"]
+        / lb["baseline"]["throughput"]["tokens_per_s"]["median"]
+    )
 
 
 def test_arm_that_is_the_baseline_is_measured_once(dirs):
@@ -528,7 +531,7 @@ def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
 # A kernel that ends the process at some batch instead of raising: bitsandbytes' int8 kernel does
 # so on the H100 at batch 2048 ("Error invalid argument at line 421 in file /src/csrc/ops.cu").
 # Injected into the search's child processes (and only there) by a sitecustomize on PYTHONPATH.
-_DIE_ABOVE_2 = """\
+_DIE_ABOVE_CAP = """\
 import os, sys, torch
 _forward = torch.nn.Embedding.forward
 def forward(self, ids):
@@ -542,13 +545,20 @@ torch.nn.Embedding.forward = forward
 
 
 def _kill_children_above(cap: int, tmp_path, monkeypatch) -> None:
-    (tmp_path / "sitecustomize.py").write_text(_DIE_ABOVE_2.format(cap=cap))
+    (tmp_path / "sitecustomize.py").write_text(_DIE_ABOVE_CAP.format(cap=cap))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
 
 
-def test_a_search_that_dies_keeps_the_largest_batch_that_ran(dirs, tmp_path, monkeypatch):
+def _rows_of_largest_batch(result: dict) -> list[dict]:
+    """The benchmark table's rows of a bench JSON holding only this largest-batch result."""
     from quantstudy.aggregate import bench_rows
 
+    return bench_rows({"arm": "x", "device_kind": "cpu", "device": {"name": "cpu"},
+                       "models": {"arm": {"method": "baseline"}}, "modes": {},
+                       "largest_batch": {"eager": result}})  # fmt: skip
+
+
+def test_a_search_that_dies_keeps_the_largest_batch_that_ran(dirs, tmp_path, monkeypatch):
     _kill_children_above(2, tmp_path, monkeypatch)
     settings = bm.resolve_settings(
         {**bm.SMALL_SETTINGS, "largest_batch": {**bm.SMALL_SETTINGS["largest_batch"], "limit": 8}}
@@ -567,26 +577,18 @@ def test_a_search_that_dies_keeps_the_largest_batch_that_ran(dirs, tmp_path, mon
     # the second child measured the throughput at the largest batch that ran
     tps = result["throughput"]["tokens_per_s"]
     assert tps["n"] == settings["largest_batch"]["repeats"] and tps["median"] > 0
-    bench = {"arm": "x", "device_kind": "cpu", "device": {"name": "cpu"},
-             "models": {"arm": {"method": "baseline"}}, "modes": {},
-             "largest_batch": {"eager": result}}  # fmt: skip
-    (row,) = bench_rows(bench)
+    (row,) = _rows_of_largest_batch(result)
     assert row["supported"] is True and row["batch_size"] == 2
     assert row["median"] == tps["median"] and row["reason"] == stopped["reason"]
 
 
 def test_a_search_that_dies_at_the_first_batch_is_unsupported(dirs, tmp_path, monkeypatch):
-    from quantstudy.aggregate import bench_rows
-
     _kill_children_above(0, tmp_path, monkeypatch)
     settings = bm.resolve_settings(bm.SMALL_SETTINGS)
     result = bm._largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
     assert result["supported"] is False and result["batch_size"] == 0
     assert "exit code 1 at batch 1 " in result["reason"]
-    bench = {"arm": "x", "device_kind": "cpu", "device": {"name": "cpu"},
-             "models": {"arm": {"method": "baseline"}}, "modes": {},
-             "largest_batch": {"eager": result}}  # fmt: skip
-    (row,) = bench_rows(bench)  # recorded, not dropped
+    (row,) = _rows_of_largest_batch(result)  # recorded, not dropped
     assert row["supported"] is False and row["reason"] == result["reason"]
 
 
