@@ -42,6 +42,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .loading import bnb_cpu_record, cpu_capability, has_avx512bf16, load_arm
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -1007,6 +1009,8 @@ def device_record(device: torch.device) -> dict[str, Any]:
         "compressed_tensors": versions["compressed-tensors"],
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "bnb_avx512bf16": has_avx512bf16(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "clocks": None,
@@ -1107,14 +1111,10 @@ def _read_quantize_json(directory: Path) -> dict[str, Any] | None:
 
 def load_model(directory: Path | str, device: torch.device):
     """Load a saved arm onto the device; returns (model, seconds, CUDA bytes allocated by it)."""
-    from transformers import AutoModelForCausalLM
-
-    device_map = str(device)
     _synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(directory, device_map=device_map, dtype="auto")
-    model.eval()
+    model = load_arm(directory, device)
     _synchronize(device)
     seconds = time.perf_counter() - start
     allocated = torch.cuda.memory_allocated(device) - before if device.type == "cuda" else None
@@ -1158,6 +1158,7 @@ def _model_record(
         "removed_wrappers": removed,
         "cuda_allocated_after_load_bytes": allocated,
         "cuda_allocated_after_warmup_bytes": None if allocated is None else allocated + grown,
+        "bnb_cpu_path": bnb_cpu_record(model)["bnb_cpu_path"],
     }
 
 
@@ -1847,6 +1848,8 @@ BENCH_SCHEMA: dict[str, Any] = {
                 "bitsandbytes",
                 "compressed_tensors",
                 "cpu_model",
+                "cpu_capability",
+                "bnb_avx512bf16",
                 "clocks",
             ],
             "properties": {
@@ -1860,6 +1863,11 @@ BENCH_SCHEMA: dict[str, Any] = {
                 "bitsandbytes": _OPT_STR,
                 "compressed_tensors": _OPT_STR,
                 "cpu_model": _OPT_STR,
+                "cpu_capability": {"type": "string", "description": "torch's CPU kernel level"},
+                "bnb_avx512bf16": {
+                    "type": "boolean",
+                    "description": "bitsandbytes finds AVX512-BF16 (its packed 4-bit CPU path)",
+                },
                 "clocks": {"type": ["object", "null"]},
             },
         },
@@ -1884,6 +1892,7 @@ BENCH_SCHEMA: dict[str, Any] = {
                 "removed_wrappers",
                 "cuda_allocated_after_load_bytes",
                 "cuda_allocated_after_warmup_bytes",
+                "bnb_cpu_path",
             ],
             "properties": {
                 "name": {"type": "string"},
@@ -1915,6 +1924,11 @@ BENCH_SCHEMA: dict[str, Any] = {
                 },
                 "cuda_allocated_after_load_bytes": _OPT_INT,
                 "cuda_allocated_after_warmup_bytes": _OPT_INT,
+                "bnb_cpu_path": {
+                    "enum": ["reference", "packed", None],
+                    "description": "which bitsandbytes 4-bit CPU path ran (quantstudy.loading); "
+                    "null without 4-bit layers on the CPU",
+                },
             },
         },
         "model_result": {

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .loading import bnb_cpu_record, load_arm
 from .provenance import device_info, package_versions, write_json
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,10 @@ def shrink_batch(
 
 
 def load_model(model_dir: Path | str, device: str):
-    """The saved arm and its tokenizer, ready for evaluation (quantization config from the dir)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The saved arm (as every stage loads it, quantstudy.loading) and its tokenizer."""
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map=device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return model, tokenizer
+    return load_arm(model_dir, device), AutoTokenizer.from_pretrained(model_dir)
 
 
 def run_lm_eval(
@@ -263,7 +262,7 @@ def evaluate(
         "n-samples": _jsonable(results.get("n-samples", {})),
         "versions": _jsonable(results.get("versions", {})),
         "configs": _jsonable(results.get("configs", {})),
-        "device": device_info() | {"used": device},
+        "device": device_info() | {"used": device} | bnb_cpu_record(model),
         "packages": package_versions(),
     }
     write_json(out_json, summary)

@@ -64,10 +64,14 @@ def device_info() -> dict[str, Any]:
     """The device a job ran on: GPU name and memory, CUDA and driver, or the CPU."""
     import torch
 
+    from .loading import cpu_capability, has_avx512bf16
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": cpu_capability(),
+        "bnb_avx512bf16": has_avx512bf16(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

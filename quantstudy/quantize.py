@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .arms import DTYPES, STORAGE, Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
 from .provenance import (
     device_info,
     dir_weight_files,
@@ -366,7 +367,14 @@ def verify_arm(arm: Arm, model, directory: Path, source_linears: list[str]) -> d
             assert qconf.get("load_in_4bit"), "config.json does not say load_in_4bit"
             assert qconf.get("bnb_4bit_quant_type") == arm.quant_type
             assert bool(qconf.get("bnb_4bit_use_double_quant")) == arm.double_quant
+            nested_saved = {f"{n}.weight.nested_absmax" in stored for n in found}
+            assert nested_saved == {arm.double_quant}, "double quant not saved as configured"
             modules = [dict(model.named_modules())[n] for n in found]
+            repacked = [n for n, m in zip(found, modules) if is_repacked(m)]
+            assert not repacked, (
+                f"{len(repacked)} 4-bit layers were repacked by a forward (e.g. {repacked[0]}): "
+                "verification reads their state as loaded, before any forward"
+            )
             states = [m.weight.quant_state for m in modules]
             assert {s.quant_type for s in states} == {arm.quant_type}
             assert {s.nested for s in states} == {arm.double_quant}, "double quant not applied"
@@ -434,8 +442,15 @@ def quantize_arm(
     device: str | None = None,
     root: Path | str = ".",
     probe_tolerance: float = 1e-2,
+    bnb_cpu_packed: bool = False,
 ) -> dict[str, Any]:
-    """Build, save, reload and verify one arm; write and return its quantize.json record."""
+    """Build, save, reload and verify one arm; write and return its quantize.json record.
+
+    The reloaded arm is verified from its state as loaded, before any forward runs on it (a
+    forward may repack bitsandbytes' 4-bit weights, see quantstudy.loading); then a fixed probe
+    compares its logits with the model that was saved. `bnb_cpu_packed` lets bitsandbytes' fused
+    AVX512-BF16 CPU path run (both models then compute in bf16); the workflow leaves it off.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, out_dir = Path(source), Path(out_dir)
@@ -448,19 +463,26 @@ def quantize_arm(
         model = QUANTIZERS[arm.method](arm, source, device)
     seconds = time.perf_counter() - start
     model.eval()
-    before = probe_logits(model, tokenizer)
+    set_bnb_cpu_path(model, bnb_cpu_packed)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_check = None
     if isinstance(arm, LlmCompressorArm):
+        # save_pretrained packs compressed-tensors weights in place: probe and check before it
+        before = probe_logits(model, tokenizer)
         saved_check, digests = compression_check(model)
         model.save_pretrained(out_dir, save_compressed=True)
         check_saved(model, out_dir, saved_check, digests)
     else:
+        # a forward may repack 4-bit weights, and saving after it would re-quantize their
+        # absmax: save what was quantized first, then probe
         model.save_pretrained(out_dir)
+        before = probe_logits(model, tokenizer)
     tokenizer.save_pretrained(out_dir)
     del model
     source_linears = linear_names(AutoModelForCausalLM.from_pretrained(source, device_map="meta"))
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, device_map=device).eval()
+    reloaded = load_arm(out_dir, device, packed=bnb_cpu_packed)
+    memory = memory_bytes(reloaded)  # as loaded: a repack changes the quant state's size
+    facts = verify_arm(arm, reloaded, out_dir, source_linears)
     after = probe_logits(reloaded, tokenizer)
     probe_diff = float((after - before).abs().max() / before.abs().max().clamp_min(1e-6))
     if saved_check is not None and saved_check["problems"]:
@@ -477,7 +499,6 @@ def quantize_arm(
             f"arm {arm.name}: reloaded logits differ from the saved model's by {probe_diff:.3g} "
             f"(relative max), more than {probe_tolerance}"
         )
-    facts = verify_arm(arm, reloaded, out_dir, source_linears)
     files = dir_weight_files(out_dir)
     record = {
         "arm": arm.name,
@@ -485,9 +506,9 @@ def quantize_arm(
         "bits": arm.bits,
         "parameters": arm.params(),
         "seconds": seconds,
-        "device": device_info() | {"used": device},
+        "device": device_info() | {"used": device} | bnb_cpu_record(reloaded),
         "disk_bytes": disk_bytes(files),
-        "memory_bytes": memory_bytes(reloaded),
+        "memory_bytes": memory,
         "sha256": sha256_files(files, out_dir),
         "source_sha256": json.loads((source / "source.json").read_text())["sha256"],
         "verified": facts,

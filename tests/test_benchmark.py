@@ -241,6 +241,9 @@ def test_full_job_matches_schema(nf4_result, dirs):
     assert arm["footprint"]["quant_state_bytes"] > 0 and base["footprint"]["quant_state_bytes"] == 0
     assert arm["weight_bytes_per_token"] < base["weight_bytes_per_token"]
     assert arm["disk_bytes"] >= arm["weights_disk_bytes"] > 0
+    # the reference CPU path ran on any CPU (see quantstudy.loading); the baseline has no 4-bit
+    assert (arm["bnb_cpu_path"], base["bnb_cpu_path"]) == ("reference", None)
+    assert r["device"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert set(r["modes"]) == {"eager", "static"}
     static = r["modes"]["static"]
     assert static["compiled"] is False and static["prefill_compiled"] is False  # CPU: no compile

@@ -35,6 +35,13 @@ def test_every_arm_is_built_and_verified(tiny_study):
         assert rec["verified"]["quantized_modules"] == (0 if spec["method"] == "baseline" else 14)
         assert rec["reload_probe_rel_diff"] <= 1e-2
         assert rec["device"]["used"] == "cpu"
+        # the 4-bit arms ran bitsandbytes' reference CPU path, whatever this CPU has
+        four_bit = "reference" if spec["method"] == "bnb-4bit" else None
+        assert rec["device"]["bnb_cpu_path"] == four_bit
+        for task in LIMITS:
+            summary = json.loads((results(tiny_study) / "eval" / arm / f"{task}.json").read_text())
+            assert summary["device"]["bnb_cpu_path"] == four_bit
+            assert summary["device"]["cpu_capability"] == rec["device"]["cpu_capability"]
 
 
 def test_samples_have_one_line_per_example_and_pair_across_arms(tiny_study):
