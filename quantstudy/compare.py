@@ -146,20 +146,56 @@ def _numeric(value: Any) -> float | None:
     return None
 
 
-def sample_rows(records: Iterable[Mapping[str, Any]], arm: str, task: str) -> list[dict]:
+def _bad_value(
+    path: Path | str | None, arm: str, task: str, rec: Mapping[str, Any], metric: str, what: str
+) -> ValueError:
+    """The error for a record whose metric value cannot be used, naming where it is."""
+    where = f"{path}" if path is not None else f"samples of task {task!r}"
+    return ValueError(
+        f"{where}: arm {arm!r}, doc_id {rec.get('doc_id')!r}"
+        + (f" (subtask {rec['task']!r})" if rec.get("task") not in (None, task) else "")
+        + f": metric {metric!r} {what}. Every item must have a score on every metric of its "
+        "task for the arms to be compared item by item; rerun this evaluation."
+    )
+
+
+def sample_rows(
+    records: Iterable[Mapping[str, Any]], arm: str, task: str, path: Path | str | None = None
+) -> list[dict]:
     """Long-table rows (task, doc_id, doc_hash, arm, metric, value, subject) of one samples file.
 
     ``subject`` is the record's own task when it differs from the configured one (the subtask of
     a group such as MMLU), else None. Metrics whose per-example value is not a single number
     (perplexity tasks log (loglikelihood, length) pairs, aggregated over the corpus) are skipped:
     they cannot be paired item by item.
+
+    A value that cannot be scored is an error naming ``path`` (the file), the arm, the doc_id and
+    the metric: NaN or infinity anywhere, and a value that is missing, null or not a number for
+    a metric that other records of the same (sub)task score with a number. Skipping it instead
+    would drop the item from one arm only, which surfaces much later as "arms saw different
+    items".
     """
-    rows = []
+    records = list(records)
+    numeric: dict[str, set[str]] = {}  # (sub)task -> metrics some record scores with a number
     for rec in records:
         own = rec.get("task") or task
         for metric, raw in rec["metrics"].items():
+            if _numeric(raw) is not None:
+                numeric.setdefault(own, set()).add(metric)
+    rows = []
+    for rec in records:
+        own = rec.get("task") or task
+        expected = numeric.get(own, set())
+        absent = sorted(expected - rec["metrics"].keys())
+        if absent:
+            raise _bad_value(path, arm, task, rec, absent[0], "is missing")
+        for metric, raw in rec["metrics"].items():
             value = _numeric(raw)
             if value is None:
+                if isinstance(raw, float):  # NaN or infinity
+                    raise _bad_value(path, arm, task, rec, metric, f"is {raw}")
+                if metric in expected:
+                    raise _bad_value(path, arm, task, rec, metric, f"is {raw!r}, not a number")
                 continue
             rows.append(
                 {
@@ -182,7 +218,7 @@ def load_samples(samples_files: Iterable[Path | str]) -> pd.DataFrame:
         arm, task = arm_task_of(path)
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
-        rows += sample_rows(records, arm, task)
+        rows += sample_rows(records, arm, task, path)
     columns = ["task", "doc_id", "doc_hash", "arm", "metric", "value", "subject"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -213,7 +249,10 @@ def orient(comparisons: pd.DataFrame, hib: Mapping[tuple[str, str], bool]) -> pd
 
     :func:`quantstudy.stats.compare` calls a positive difference "better". For a metric where
     lower is better (perplexity, bits per byte) a positive difference is a loss, so "better"
-    and "worse" swap there; the numbers stay as they are (arm minus baseline).
+    and "worse" swap there; the numbers stay as they are (arm minus baseline): ``diff``, its CI
+    and the equivalence interval keep their sign, so a "better" lower-is-better row has a CI
+    below 0 (:func:`quantstudy.stats.check_verdicts` reads ``higher_is_better`` for that), and
+    the equivalence interval, symmetric in the margin, needs no change.
     """
     out = comparisons.copy()
     out["higher_is_better"] = [
@@ -275,19 +314,24 @@ def analyse(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scores, comparisons) of every configured arm and task, verdicts oriented by metric.
 
-    ``analysis`` is the config's `analysis` section (margin, alpha, n_boot, seed).
+    ``analysis`` is the config's `analysis` section (margin, alpha, n_boot, seed). Every row is
+    checked against its own intervals (:func:`quantstudy.stats.check_verdicts`) after the
+    orientation, so no table with a verdict its intervals contradict is ever written.
     """
+    margin = analysis.get("margin", 0.01)
+    alpha = analysis.get("alpha", 0.05)
     scores, comparisons = stats.compare(
         samples,
         baseline,
-        margin=analysis.get("margin", 0.01),
-        alpha=analysis.get("alpha", 0.05),
+        margin=margin,
+        alpha=alpha,
         n_boot=analysis.get("n_boot", 2000),
         seed=analysis.get("seed", 0),
         arms=list(arms),
         tasks=list(tasks),
     )
     comparisons = orient(comparisons, higher_is_better(eval_jsons))
+    stats.check_verdicts(comparisons, margin, alpha)
     return scores, comparisons
 
 

@@ -134,8 +134,9 @@ def summary_sentences(
     out.append(
         f"{len(candidates)} arm(s) were set against the baseline *{baseline}* on "
         f"{len(tasks)} task(s), item by item. Of the {len(candidates) * len(tasks)} arm-task "
-        f"verdicts, {counts['equivalent']} are equivalent (TOST, margin ±{margin:g}), "
-        f"{counts['better']} better and {counts['worse']} worse (Holm-adjusted p < {alpha:g}), "
+        f"verdicts, {counts['equivalent']} are equivalent (the {100 * (1 - 2 * alpha):g}% "
+        f"interval of the difference inside ±{margin:g}), {counts['better']} better and "
+        f"{counts['worse']} worse (Holm-adjusted p < {alpha:g} and a CI that excludes 0), "
         f"{counts['inconclusive']} inconclusive and {counts['missing']} missing."
     )
     if not power.empty:
@@ -147,6 +148,11 @@ def summary_sentences(
             if worst > margin
             else ""
         )
+        if (power["mdd_min"] == 0).any():  # an arm that changed no item of a task
+            note += (
+                " Items that all agree still leave a difference of up to about 3/n unseen, so "
+                f"they show equivalence only from about {3 / margin:.0f} items."
+            )
         out.append(
             "Power: the smallest difference the paired test detects with 80 % power is, at "
             "most, " + "; ".join(parts) + "." + note
@@ -311,9 +317,14 @@ def decision_html(
             (
                 "Comparisons with the baseline",
                 "One row per arm, task and metric: paired difference (arm − baseline) with its "
-                "bootstrap 95% CI, the test of no difference and its Holm-adjusted p, the TOST "
-                "p against the margin, the verdict, and the minimum detectable difference (mdd) "
-                "at 80% power.",
+                "CI (diff_ci_method: Tango's score interval for 0/1 scores, a bootstrap "
+                "otherwise, resampling whole subjects where the task has them), the test of no "
+                "difference and its Holm-adjusted p (subject-level for tasks with subjects), "
+                "the equivalence interval (eq_low, eq_high at level 1 − 2α, eq_method) and its "
+                "TOST p against the margin, the verdict, and the minimum detectable difference "
+                "(mdd) at 80% power. No interval collapses when no item changed: bootstrap and "
+                "t intervals are at least ±R·(1 − α^(1/n)) wide, the most n unchanged items "
+                "can rule out.",
                 html_table(comparisons),
             ),
             (

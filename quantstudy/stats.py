@@ -10,11 +10,23 @@ What is computed, per (arm, task, metric):
 * a score with a 95 % confidence interval: Wilson for binary metrics, a percentile bootstrap of
   the mean for continuous ones, and a cluster bootstrap (whole subjects resampled) when the task
   has subjects;
-* against the baseline: the mean paired difference (arm - baseline) with a paired bootstrap CI,
-  a test of "no difference" (McNemar for binary metrics, a sign-flip permutation test for
-  continuous ones), Holm-adjusted p-values, a TOST equivalence test against +/- ``margin``, the
-  minimum detectable difference, and a verdict: equivalent, better, worse, inconclusive or
-  missing.
+* against the baseline: the mean paired difference (arm - baseline) with a (1 - alpha) CI, a
+  test of "no difference", Holm-adjusted p-values, a (1 - 2 alpha) equivalence interval judged
+  against +/- ``margin`` (TOST at level alpha), the minimum detectable difference, and a
+  verdict: equivalent, better, worse, inconclusive or missing. The methods depend on the data:
+
+  - binary metric (0/1): McNemar's test; Tango's score interval for the difference of paired
+    proportions, both as the CI and as the equivalence interval;
+  - continuous metric (F1): the sign-flip permutation test; a bootstrap CI and a t-interval for
+    equivalence, each widened to at least the zero-change floor;
+  - a task with subjects (MMLU): a subject-level sign-flip permutation test; cluster bootstrap
+    intervals (whole subjects resampled), widened to at least the zero-change floor.
+
+  None of the intervals collapses when no item changed (zero discordance, zero variance): n
+  identical items are equivalent at margin m only when n is about 3/m or more (see
+  :func:`tango_ci` and :func:`zero_change_bound`). A verdict and its intervals always agree:
+  "better"/"worse" need the CI to exclude 0, "equivalent" needs the equivalence interval inside
+  the margin (:func:`verdict`, enforced on every table by :func:`check_verdicts`).
 
 All functions are pure and deterministic given their seed.
 """
@@ -29,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as sps
 
 __all__ = [
@@ -40,13 +53,16 @@ __all__ = [
     "SCORE_COLUMNS",
     "VERDICTS",
     "DecisionRow",
+    "EquivalenceResult",
     "McNemarResult",
     "PermutationResult",
     "Recommendation",
-    "TostResult",
     "Verdict",
     "bootstrap_ci",
+    "check_verdicts",
     "cluster_bootstrap_ci",
+    "cluster_bootstrap_equivalence",
+    "cluster_permutation_test",
     "compare",
     "holm",
     "is_binary",
@@ -57,10 +73,15 @@ __all__ = [
     "paired_frame",
     "paired_permutation_test",
     "recommend",
+    "tango_ci",
+    "tango_equivalence",
+    "tango_score",
     "task_verdicts",
     "tost",
+    "value_range",
     "verdict",
     "wilson_ci",
+    "zero_change_bound",
 ]
 
 Seed = int | np.random.SeedSequence | np.random.Generator
@@ -93,15 +114,24 @@ COMPARISON_COLUMNS = (
     "diff",
     "diff_ci_low",
     "diff_ci_high",
+    "diff_ci_method",
     "test",
     "p",
     "p_holm",
+    "eq_low",
+    "eq_high",
+    "eq_method",
     "tost_p",
     "equivalent",
     "verdict",
     "mdd",
 )
-"""Columns of the ``comparisons`` table returned by :func:`compare`."""
+"""Columns of the ``comparisons`` table returned by :func:`compare`.
+
+``diff_ci_low``/``diff_ci_high`` is the (1 - alpha) CI of ``diff`` (method ``diff_ci_method``);
+``eq_low``/``eq_high`` the (1 - 2 alpha) equivalence interval (method ``eq_method``), and
+``tost_p`` the smallest alpha at which that interval would lie inside +/- margin (TOST p-value);
+``equivalent`` is whether it does at the study's alpha."""
 
 _REQUIRED_COLUMNS = ("task", "doc_id", "doc_hash", "arm", "metric", "value", "subject")
 _NO_SUBJECT = "\x00no-subject"
@@ -138,16 +168,26 @@ class PermutationResult:
 
 
 @dataclass(frozen=True)
-class TostResult:
-    """Paired TOST equivalence test of the mean difference against (-margin, +margin)."""
+class EquivalenceResult:
+    """An equivalence test of the mean paired difference against (-margin, +margin).
+
+    ``low``/``high`` is the (1 - 2 alpha) interval of the difference; the difference is declared
+    equivalent when it lies strictly inside (-margin, +margin), which is TOST at level alpha.
+    ``p_lower``/``p_upper`` are the p-values of the two one-sided tests (H0: diff <= -margin,
+    H0: diff >= +margin) and ``pvalue`` their maximum: the smallest alpha at which the interval
+    would lie inside the margin, so ``equivalent == (pvalue < alpha)``.
+    """
 
     diff: float
     margin: float
-    p_lower: float  # H0: mean <= -margin
-    p_upper: float  # H0: mean >= +margin
-    pvalue: float  # max(p_lower, p_upper)
+    alpha: float
+    low: float
+    high: float
+    p_lower: float
+    p_upper: float
+    pvalue: float
     equivalent: bool
-    df: float
+    method: str
 
 
 @dataclass(frozen=True)
@@ -160,6 +200,8 @@ class Verdict:
     ci_high: float
     p: float
     p_holm: float
+    eq_low: float
+    eq_high: float
     tost_p: float
 
 
@@ -292,17 +334,24 @@ def cluster_bootstrap_ci(
     With one item per cluster this is :func:`bootstrap_ci` (same seed, same result).
     """
     _check_alpha(alpha)
+    boot = _cluster_bootstrap_means(values, clusters, n_boot, seed)
+    if boot.size == 0:
+        return (math.nan, math.nan)
+    return _percentile_interval(boot, alpha)
+
+
+def _cluster_bootstrap_means(values: Any, clusters: Any, n_boot: int, seed: Seed) -> np.ndarray:
+    """The n_boot item means of cluster-bootstrap resamples (empty when there are no values)."""
     arr = _as_float_array(values)
     codes = _cluster_codes(clusters)
     if codes.size != arr.size:
         raise ValueError(f"values ({arr.size}) and clusters ({codes.size}) differ in length")
     if arr.size == 0:
-        return (math.nan, math.nan)
+        return np.empty(0)
     g = int(codes.max()) + 1
     sums = np.bincount(codes, weights=arr, minlength=g)
     sizes = np.bincount(codes, minlength=g).astype(float)
-    boot = _bootstrap_ratio_means(sums, sizes, n_boot, _rng(seed))
-    return _percentile_interval(boot, alpha)
+    return _bootstrap_ratio_means(sums, sizes, n_boot, _rng(seed))
 
 
 # --------------------------------------------------------------------------- pairing
@@ -430,6 +479,38 @@ def mcnemar_test(a: Any, b: Any) -> McNemarResult:
     return McNemarResult(float(statistic), pvalue, n01, n10, "mcnemar-chi2")
 
 
+def _sign_flip_pvalue(units: np.ndarray, n_perm: int, seed: Seed) -> tuple[float, int, int, str]:
+    """Two-sided sign-flip p-value of sum(units): (p, nonzero units, patterns examined, method).
+
+    Zero units do not change under a flip, so only the k nonzero ones are flipped: all 2^k
+    patterns when k <= PERMUTATION_EXACT_MAX_NONZERO, otherwise n_perm random patterns with
+    p = (hits + 1) / (n_perm + 1). With no nonzero unit p = 1.
+    """
+    d = units[units != 0]
+    k = d.size
+    if k == 0:
+        return 1.0, 0, 1, "exact"
+    total = float(d.sum())
+    observed = abs(total)
+    tol = 1e-9 * float(np.abs(d).sum())
+    if k <= PERMUTATION_EXACT_MAX_NONZERO:
+        bits = (np.arange(2**k, dtype=np.int64)[:, None] >> np.arange(k)) & 1
+        # flipping the units in `bits` turns the sum into total - 2 * (flipped sum)
+        sums = total - 2.0 * (bits @ d)
+        hits = int(np.sum(np.abs(sums) >= observed - tol))
+        return hits / 2**k, k, 2**k, "exact"
+    rng = _rng(seed)
+    hits = 0
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // k)
+    for start in range(0, n_perm, chunk):
+        rows = min(chunk, n_perm - start)
+        packed = rng.integers(0, 256, size=(rows, (k + 7) // 8), dtype=np.uint8)
+        bits = np.unpackbits(packed, axis=1, count=k).astype(float)
+        sums = total - 2.0 * (bits @ d)
+        hits += int(np.sum(np.abs(sums) >= observed - tol))
+    return (hits + 1) / (n_perm + 1), k, n_perm, "monte-carlo"
+
+
 def paired_permutation_test(
     a: Any, b: Any, n_perm: int = 10_000, seed: Seed = 0
 ) -> PermutationResult:
@@ -446,29 +527,37 @@ def paired_permutation_test(
         raise ValueError(f"a ({a_arr.size}) and b ({b_arr.size}) differ in length")
     diffs = b_arr - a_arr
     mean_diff = float(diffs.mean()) if diffs.size else math.nan
-    d = diffs[diffs != 0]
-    k = d.size
-    if k == 0:
-        return PermutationResult(mean_diff, 1.0, 0, 1, "exact")
-    observed = abs(float(d.sum()))
-    total = float(d.sum())
-    tol = 1e-9 * float(np.abs(d).sum())
-    if k <= PERMUTATION_EXACT_MAX_NONZERO:
-        bits = (np.arange(2**k, dtype=np.int64)[:, None] >> np.arange(k)) & 1
-        # flipping the items in `bits` turns the sum into total - 2 * (flipped sum)
-        sums = total - 2.0 * (bits @ d)
-        hits = int(np.sum(np.abs(sums) >= observed - tol))
-        return PermutationResult(mean_diff, hits / 2**k, k, 2**k, "exact")
-    rng = _rng(seed)
-    hits = 0
-    chunk = max(1, _BOOT_CHUNK_ELEMENTS // k)
-    for start in range(0, n_perm, chunk):
-        rows = min(chunk, n_perm - start)
-        packed = rng.integers(0, 256, size=(rows, (k + 7) // 8), dtype=np.uint8)
-        bits = np.unpackbits(packed, axis=1, count=k).astype(float)
-        sums = total - 2.0 * (bits @ d)
-        hits += int(np.sum(np.abs(sums) >= observed - tol))
-    return PermutationResult(mean_diff, (hits + 1) / (n_perm + 1), k, n_perm, "monte-carlo")
+    p, k, patterns, method = _sign_flip_pvalue(diffs, n_perm, seed)
+    return PermutationResult(mean_diff, p, k, patterns, method)
+
+
+def cluster_permutation_test(
+    a: Any, b: Any, clusters: Any, n_perm: int = 10_000, seed: Seed = 0
+) -> PermutationResult:
+    """Two-sided sign-flip permutation test that mean(b - a) is zero, flipping whole clusters.
+
+    Items of one cluster (an MMLU subject) share whatever makes the arm differ from the
+    baseline there, so they are not independent; the unit of the test is the cluster. Under
+    the null each cluster's sum of paired differences is as likely to have either sign; the
+    p-value is the share of sign patterns (one sign per cluster) whose |total| is at least the
+    observed |total|, exact over all 2^G patterns of the G clusters with a nonzero sum when
+    G <= PERMUTATION_EXACT_MAX_NONZERO, else n_perm random patterns (p = (hits + 1) /
+    (n_perm + 1)). With G clusters the smallest p is 2 / 2^G (0.125 with 4 subjects): few
+    clusters cannot show significance, which is correct. ``n_nonzero`` counts clusters.
+    Missing cluster labels are clusters of one; with one item per cluster this is
+    :func:`paired_permutation_test`.
+    """
+    a_arr, b_arr = _as_float_array(a), _as_float_array(b)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"a ({a_arr.size}) and b ({b_arr.size}) differ in length")
+    diffs = b_arr - a_arr
+    codes = _cluster_codes(clusters)
+    if codes.size != diffs.size:
+        raise ValueError(f"values ({diffs.size}) and clusters ({codes.size}) differ in length")
+    mean_diff = float(diffs.mean()) if diffs.size else math.nan
+    sums = np.bincount(codes, weights=diffs) if diffs.size else np.empty(0)
+    p, k, patterns, method = _sign_flip_pvalue(sums, n_perm, seed)
+    return PermutationResult(mean_diff, p, k, patterns, f"cluster-{method}")
 
 
 def holm(pvalues: Any) -> np.ndarray:
@@ -494,36 +583,276 @@ def holm(pvalues: Any) -> np.ndarray:
     return out
 
 
-def tost(diffs: Any, margin: float, alpha: float = 0.05) -> TostResult:
-    """Paired TOST: is the mean difference within (-margin, +margin)?
+# --------------------------------------------------------------------------- equivalence
 
-    Two one-sided one-sample t-tests on the paired differences (n - 1 df): H0 mean <= -margin
-    and H0 mean >= +margin; the TOST p-value is the larger of the two, and the difference is
-    declared equivalent when it is below alpha (same as statsmodels' ``ttost_paired``). ``margin``
-    is in the metric's units (0.01 = one accuracy point). When all differences are equal (zero
-    variance) the mean is known exactly: p = 0 if it lies strictly inside the margin, else 1.
-    With fewer than two differences nothing can be said: p = NaN, not equivalent.
-    """
-    _check_alpha(alpha)
+
+def _check_margin(margin: float) -> None:
+    """Raise unless margin > 0."""
     if not margin > 0:
         raise ValueError(f"margin must be positive, got {margin}")
+
+
+def _check_counts(b: int, c: int, n: int) -> None:
+    """Raise unless b, c, n are counts of a paired 2x2 table: 0 <= b, c and b + c <= n."""
+    if min(b, c, n) < 0 or b + c > n:
+        raise ValueError(f"need 0 <= b, c and b + c <= n, got b={b}, c={c}, n={n}")
+
+
+def _undecided(diff: float, margin: float, alpha: float, method: str) -> EquivalenceResult:
+    """An equivalence result with nothing to decide on: NaN interval and p, not equivalent."""
+    nan = math.nan
+    return EquivalenceResult(diff, margin, alpha, nan, nan, nan, nan, nan, False, method)
+
+
+def _tango_cell(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's restricted MLE of the probability of the "-1" cell (baseline right, arm wrong).
+
+    Under H0: p_b - p_c = delta, the multinomial likelihood of the cells (b: +1, c: -1, the
+    rest: 0) is maximised at p_c = q, p_b = q + delta with q the non-negative root of
+    2n q^2 - W q - c delta (1 - delta) = 0, W = (b + c) - delta (2n - b + c). Clamped to the
+    admissible region (every cell probability in [0, 1]), which only rounding can leave.
+    """
+    w = (b + c) - delta * (2 * n - b + c)
+    disc = w * w + 8.0 * n * c * delta * (1.0 - delta)
+    q = (w + math.sqrt(max(disc, 0.0))) / (4.0 * n)
+    return min(max(q, max(0.0, -delta)), max(0.0, (1.0 - delta) / 2.0))
+
+
+def tango_score(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's (1998) score statistic for H0: p_b - p_c = delta in a paired 2x2 table.
+
+    ``b`` counts items the arm gets right and the baseline wrong (difference +1), ``c`` the
+    reverse (-1), ``n`` all items; the difference of the two proportions is (b - c) / n.
+    Z(delta) = (b - c - n delta) / sqrt(n (2 q + delta (1 - delta))) with q the restricted MLE
+    of :func:`_tango_cell`. It falls as delta rises, is 0 at delta = (b - c) / n, and at
+    delta = 0 it is McNemar's statistic without continuity correction, (b - c) / sqrt(b + c).
+    """
+    _check_counts(b, c, n)
+    if n == 0 or not -1.0 <= delta <= 1.0:
+        raise ValueError(f"need n > 0 and -1 <= delta <= 1, got n={n}, delta={delta}")
+    num = b - c - n * delta
+    var = n * (2.0 * _tango_cell(b, c, n, delta) + delta * (1.0 - delta))
+    if var <= 0.0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+_EDGE = 1e-12  # how close to +/-1 the root search for Tango's limits goes
+
+
+def _tango_limit(b: int, c: int, n: int, z: float, side: int) -> float:
+    """The limit of Tango's interval on one side (+1 upper, -1 lower): where Z = -side * z."""
+    est = (b - c) / n
+    edge = side * (1.0 - _EDGE)
+    if side * est >= 1.0 - _EDGE:
+        return float(side)
+
+    def f(delta: float) -> float:
+        return tango_score(b, c, n, delta) + side * z
+
+    if side * f(edge) > 0:  # |Z| stays below z all the way to the end of [-1, 1]
+        return float(side)
+    lo, hi = sorted((est, edge))
+    return float(optimize.brentq(f, lo, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps))
+
+
+def tango_ci(b: int, c: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Tango's (1998) score interval for the difference of paired proportions (b - c) / n.
+
+    The (1 - alpha) interval is every delta that the score test of :func:`tango_score` does not
+    reject at level alpha, |Z(delta)| < z_{1 - alpha/2}; its limits are found by root finding
+    on either side of the estimate. It stays inside [-1, 1] and does not collapse when no item
+    changed: with b = c = 0 it is +/- z^2 / (n + z^2) (at 95 %, about 3.8 / n). Since Z(0) is
+    McNemar's uncorrected statistic, the interval excludes 0 exactly when that test rejects.
+    NaNs when n = 0.
+    """
+    _check_alpha(alpha)
+    _check_counts(b, c, n)
+    if n == 0:
+        return (math.nan, math.nan)
+    z = float(sps.norm.isf(alpha / 2))
+    return (_tango_limit(b, c, n, z, -1), _tango_limit(b, c, n, z, +1))
+
+
+def tango_equivalence(
+    b: int, c: int, n: int, margin: float, alpha: float = 0.05
+) -> EquivalenceResult:
+    """Equivalence of paired proportions from Tango's score interval (method "tango-score").
+
+    The interval is :func:`tango_ci` at level 1 - 2 alpha; equivalent when it lies strictly
+    inside (-margin, +margin). The one-sided p-values are those of the score tests at the
+    margins, p_lower = P(N(0,1) > Z(-margin)), p_upper = P(N(0,1) < Z(+margin)), so that
+    pvalue < alpha exactly when the interval lies inside. With no changed item (b = c = 0) this
+    needs n > z^2 (1 - m) / m items at margin m: 268 at m = 0.01 and alpha = 0.05.
+    """
+    _check_alpha(alpha)
+    _check_margin(margin)
+    _check_counts(b, c, n)
+    if n == 0:
+        return _undecided(math.nan, margin, alpha, "tango-score")
+    low, high = tango_ci(b, c, n, 2 * alpha)
+
+    def one_sided(delta: float) -> float:  # P(N(0,1) > Z(delta)), for H0: diff <= delta
+        if delta <= -1.0:
+            return 0.0
+        if delta >= 1.0:
+            return 1.0
+        return float(sps.norm.sf(tango_score(b, c, n, min(max(delta, _EDGE - 1), 1 - _EDGE))))
+
+    p_lower = one_sided(-margin)
+    p_upper = 1.0 - one_sided(margin)
+    pvalue = max(p_lower, p_upper)
+    equivalent = bool(-margin < low and high < margin)
+    return EquivalenceResult(
+        (b - c) / n, margin, alpha, low, high, p_lower, p_upper, pvalue, equivalent, "tango-score"
+    )
+
+
+def zero_change_bound(n: int, alpha: float = 0.05) -> float:
+    """Exact one-sided (1 - alpha) upper confidence bound on the rate of changed items when none
+    of n changed: 1 - alpha^(1/n), about -ln(alpha) / n (the "rule of three": 3 / n at 5 %).
+
+    It is the floor of the continuous and clustered intervals: a metric bounded by a range R
+    moves its mean by at most R times the rate of changed items, so n items cannot resolve a
+    mean difference finer than +/- R * zero_change_bound(n, alpha), however many of them agree.
+    The intervals are widened to at least that half-width around the observed difference, a
+    conservative floor rather than an exact interval when some items did change. NaN for n < 1.
+    """
+    _check_alpha(alpha)
+    return 1.0 - alpha ** (1.0 / n) if n >= 1 else math.nan
+
+
+def value_range(values: Any) -> float:
+    """The range R of a metric for the zero-change floor: 1 when every value lies in [0, 1]
+    (accuracy, exact match, F1), else the span of the values and 0, max(hi, 0) - min(lo, 0)."""
+    arr = _as_float_array(values)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0 or (arr.min() >= 0.0 and arr.max() <= 1.0):
+        return 1.0
+    return float(max(arr.max(), 0.0) - min(arr.min(), 0.0))
+
+
+def _floor_pvalue(gap: float, value_range: float | None, n: int) -> float:
+    """The smallest alpha at which value_range * zero_change_bound(n, alpha) < gap."""
+    if not value_range:
+        return 0.0
+    if gap <= 0.0:
+        return 1.0
+    if gap >= value_range:
+        return 0.0
+    return (1.0 - gap / value_range) ** n
+
+
+def _floored(
+    low: float, high: float, mean: float, n: int, tail: float, value_range: float | None
+) -> tuple[float, float]:
+    """(low, high) widened to at least mean +/- value_range * zero_change_bound(n, tail)."""
+    if not value_range or n < 1:
+        return low, high
+    half = value_range * zero_change_bound(n, tail)
+    return min(low, mean - half), max(high, mean + half)
+
+
+def tost(
+    diffs: Any, margin: float, alpha: float = 0.05, value_range: float | None = 1.0
+) -> EquivalenceResult:
+    """Paired TOST with a zero-change floor: is the mean difference within (-margin, +margin)?
+
+    The (1 - 2 alpha) t-interval of the mean paired difference, mean +/- t_{1-alpha, n-1} * se,
+    widened to at least mean +/- R * u0 with R = ``value_range`` (the metric's range, 1 for
+    metrics in [0, 1]) and u0 = :func:`zero_change_bound` (n, alpha) (method "t+floor"); the
+    difference is equivalent when that interval lies strictly inside (-margin, +margin). Each
+    one-sided p-value is the larger of the one-sided t-test's (H0 mean <= -margin, resp.
+    >= +margin, as statsmodels' ``ttost_paired``) and the floor's, (1 - (margin -/+ mean) / R)^n,
+    so pvalue < alpha exactly when the interval lies inside.
+
+    Without the floor (``value_range=None``) this is the classic t TOST, which declares any
+    zero-variance sample equivalent however small: n items that all agree give se = 0 and p = 0.
+    With it, n identical items are equivalent at margin m only when R (1 - alpha^(1/n)) < m,
+    n > ln(alpha) / ln(1 - m / R): 299 items at m = 0.01, alpha = 0.05. ``margin`` is in the
+    metric's units (0.01 = one accuracy point). With fewer than two differences nothing can be
+    said: NaN interval and p, not equivalent.
+    """
+    _check_alpha(alpha)
+    _check_margin(margin)
     d = _as_float_array(diffs)
     n = d.size
-    if n == 0:
-        return TostResult(math.nan, margin, math.nan, math.nan, math.nan, False, math.nan)
-    mean = float(d.mean())
+    mean = float(d.mean()) if n else math.nan
+    method = "t+floor" if value_range else "t"
     if n < 2:
-        return TostResult(mean, margin, math.nan, math.nan, math.nan, False, math.nan)
+        return _undecided(mean, margin, alpha, method)
     df = float(n - 1)
     se = float(d.std(ddof=1)) / math.sqrt(n)
     if se == 0.0:
+        low = high = mean
         p_lower = 0.0 if mean > -margin else 1.0
         p_upper = 0.0 if mean < margin else 1.0
     else:
+        half = float(sps.t.isf(alpha, df)) * se
+        low, high = mean - half, mean + half
         p_lower = float(sps.t.sf((mean + margin) / se, df))
         p_upper = float(sps.t.cdf((mean - margin) / se, df))
-    pvalue = max(p_lower, p_upper)
-    return TostResult(mean, margin, p_lower, p_upper, pvalue, bool(pvalue < alpha), df)
+    low, high = _floored(low, high, mean, n, alpha, value_range)
+    p_lower = max(p_lower, _floor_pvalue(margin + mean, value_range, n))
+    p_upper = max(p_upper, _floor_pvalue(margin - mean, value_range, n))
+    equivalent = bool(-margin < low and high < margin)
+    return EquivalenceResult(
+        mean, margin, alpha, low, high, p_lower, p_upper, max(p_lower, p_upper), equivalent, method
+    )
+
+
+def _order_statistic_interval(boot: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The (1 - 2 alpha) percentile interval as order statistics: the k-th smallest and k-th
+    largest draw, k = ceil(alpha * B), so that it lies inside (-m, m) exactly when fewer than
+    alpha * B draws are <= -m and fewer than alpha * B are >= m."""
+    s = np.sort(boot)
+    k = max(1, math.ceil(alpha * s.size - 1e-9))
+    return float(s[k - 1]), float(s[s.size - k])
+
+
+def cluster_bootstrap_equivalence(
+    diffs: Any,
+    clusters: Any,
+    margin: float,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: Seed = 0,
+    value_range: float | None = 1.0,
+) -> EquivalenceResult:
+    """Equivalence of the mean paired difference when items come in clusters (subjects).
+
+    The (1 - 2 alpha) percentile interval of the cluster bootstrap of the mean difference (whole
+    clusters resampled, as :func:`cluster_bootstrap_ci` with the same seed), widened to at least
+    the zero-change floor mean +/- R * :func:`zero_change_bound` (n items, alpha) (method
+    "cluster-bootstrap+floor"); equivalent when it lies strictly inside (-margin, +margin). The
+    one-sided p-values are the bootstrap's, the share of draws <= -margin (resp. >= +margin),
+    or the floor's when larger, so pvalue < alpha exactly when the interval lies inside.
+    """
+    _check_alpha(alpha)
+    _check_margin(margin)
+    boot = _cluster_bootstrap_means(diffs, clusters, n_boot, seed)
+    return _bootstrap_equivalence(boot, _as_float_array(diffs), margin, alpha, value_range)
+
+
+def _bootstrap_equivalence(
+    boot: np.ndarray, diffs: np.ndarray, margin: float, alpha: float, value_range: float | None
+) -> EquivalenceResult:
+    """:func:`cluster_bootstrap_equivalence` from the bootstrap draws of the mean difference."""
+    method = "cluster-bootstrap+floor" if value_range else "cluster-bootstrap"
+    n = diffs.size
+    if n == 0:
+        return _undecided(math.nan, margin, alpha, method)
+    mean = float(diffs.mean())
+    low, high = _floored(*_order_statistic_interval(boot, alpha), mean, n, alpha, value_range)
+    p_lower = max(float(np.mean(boot <= -margin)), _floor_pvalue(margin + mean, value_range, n))
+    p_upper = max(float(np.mean(boot >= margin)), _floor_pvalue(margin - mean, value_range, n))
+    equivalent = bool(-margin < low and high < margin)
+    return EquivalenceResult(
+        mean, margin, alpha, low, high, p_lower, p_upper, max(p_lower, p_upper), equivalent, method
+    )
+
+
+# --------------------------------------------------------------------------- verdicts
 
 
 def verdict(
@@ -531,27 +860,97 @@ def verdict(
     ci: tuple[float, float],
     p: float,
     p_holm: float,
-    tost_p: float,
+    eq: tuple[float, float],
+    margin: float,
     alpha: float = 0.05,
+    tost_p: float = math.nan,
 ) -> Verdict:
     """The verdict on one arm-vs-baseline comparison, with its evidence.
 
-    "equivalent" when the TOST p-value is below alpha (the difference is shown to lie within the
-    margin; this takes precedence over a significant but smaller-than-margin difference), else
-    "better" or "worse" (by the sign of diff) when the Holm-adjusted p-value is below alpha, else
-    "inconclusive". NaN evidence never yields a decision.
+    "equivalent" when the (1 - 2 alpha) equivalence interval ``eq`` lies strictly inside
+    (-margin, +margin) (TOST at level alpha; this takes precedence over a significant but
+    smaller-than-margin difference); else "better" (resp. "worse") when the Holm-adjusted
+    p-value is below alpha *and* the (1 - alpha) CI of the difference lies above (resp. below)
+    0, on the side of ``diff``; else "inconclusive". A test and an interval that disagree (a
+    significant p with a CI that holds 0) give "inconclusive", never a claim the interval does
+    not back. NaN evidence never yields a decision. ``tost_p`` is only carried along.
     """
     _check_alpha(alpha)
+    _check_margin(margin)
     low, high = ci
-    if tost_p < alpha:  # False for NaN
+    eq_low, eq_high = eq
+    if -margin < eq_low and eq_high < margin:  # False for NaN
         label = "equivalent"
-    elif p_holm < alpha and diff != 0 and not math.isnan(diff):
-        label = "better" if diff > 0 else "worse"
+    elif p_holm < alpha and diff > 0 and low > 0:
+        label = "better"
+    elif p_holm < alpha and diff < 0 and high < 0:
+        label = "worse"
     else:
         label = "inconclusive"
     return Verdict(
-        label, float(diff), float(low), float(high), float(p), float(p_holm), float(tost_p)
+        label,
+        float(diff),
+        float(low),
+        float(high),
+        float(p),
+        float(p_holm),
+        float(eq_low),
+        float(eq_high),
+        float(tost_p),
     )
+
+
+def check_verdicts(
+    comparisons: pd.DataFrame, margin: float, alpha: float | None = None
+) -> pd.DataFrame:
+    """Raise ValueError naming every row whose verdict its own intervals do not back.
+
+    "better" and "worse" need a CI of the difference (``diff_ci_low``, ``diff_ci_high``) that
+    excludes 0 on the verdict's side: above 0 for "better" where higher is better, below 0
+    where lower is better (a ``higher_is_better`` column, as :func:`quantstudy.compare.orient`
+    adds; all higher-is-better without it), and the other way round for "worse"; with ``alpha``
+    also p_holm < alpha. "equivalent" needs the equivalence interval (``eq_low``, ``eq_high``)
+    strictly inside (-margin, +margin). Verdicts "inconclusive" and "missing" claim nothing.
+    Returns the table unchanged, so it can be chained.
+    """
+    _check_margin(margin)
+    hib = (
+        comparisons["higher_is_better"].astype(bool).to_numpy()
+        if "higher_is_better" in comparisons.columns
+        else np.ones(len(comparisons), dtype=bool)
+    )
+    bad = []
+    for row, higher in zip(comparisons.to_dict("records"), hib, strict=True):
+        label = row["verdict"]
+        low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
+        why = None
+        if label in ("better", "worse"):
+            gain = label == "better"
+            above = low > 0  # False for NaN
+            below = high < 0
+            if not (above or below):
+                why = f"its CI [{low:+.4g}, {high:+.4g}] contains 0"
+            elif above != (gain == bool(higher)):
+                why = f"its CI [{low:+.4g}, {high:+.4g}] lies on the other side of 0"
+            elif alpha is not None and not float(row["p_holm"]) < alpha:
+                why = f"its Holm-adjusted p = {float(row['p_holm']):.3g} is not below {alpha:g}"
+        elif label == "equivalent":
+            eq_low, eq_high = float(row["eq_low"]), float(row["eq_high"])
+            if not (-margin < eq_low and eq_high < margin):
+                why = (
+                    f"its equivalence interval [{eq_low:+.4g}, {eq_high:+.4g}] is not inside "
+                    f"+/-{margin:g}"
+                )
+        if why:
+            bad.append(
+                f"arm {row['arm']!r}, task {row['task']!r}, metric {row['metric']!r}: "
+                f"{label!r} but {why}"
+            )
+    if bad:
+        raise ValueError(
+            f"{len(bad)} verdict(s) disagree with their own intervals: " + "; ".join(bad[:5])
+        )
+    return comparisons
 
 
 def min_detectable_difference(sd_diff: Any, n: Any, alpha: float = 0.05, power: float = 0.8) -> Any:
@@ -578,13 +977,19 @@ def min_detectable_difference(sd_diff: Any, n: Any, alpha: float = 0.05, power: 
 
 
 def _validate_scores(df: pd.DataFrame) -> None:
-    """Raise unless df has the per-example score columns and finite values."""
+    """Raise unless df has the per-example score columns and finite values (naming a bad row)."""
     missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"per-example scores lack columns {missing}")
     values = pd.to_numeric(df["value"], errors="coerce").to_numpy(dtype=float)
-    if not np.isfinite(values).all():
-        raise ValueError("per-example scores hold non-numeric or non-finite values")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = df[bad].iloc[0]
+        raise ValueError(
+            f"per-example scores hold {int(bad.sum())} non-numeric or non-finite values, e.g. "
+            f"{first['value']!r} for arm {first['arm']!r}, task {first['task']!r}, metric "
+            f"{first['metric']!r}, doc_id {first['doc_id']!r}"
+        )
 
 
 def _has_subjects(rows: pd.DataFrame) -> bool:
@@ -628,9 +1033,13 @@ def _missing_comparison(arm: str, task: str, metric: str | None) -> dict[str, An
         "diff": math.nan,
         "diff_ci_low": math.nan,
         "diff_ci_high": math.nan,
+        "diff_ci_method": None,
         "test": None,
         "p": math.nan,
         "p_holm": math.nan,
+        "eq_low": math.nan,
+        "eq_high": math.nan,
+        "eq_method": None,
         "tost_p": math.nan,
         "equivalent": pd.NA,
         "verdict": "missing",
@@ -645,28 +1054,46 @@ def _comparison_row(
     metric: str,
     binary: bool,
     clustered: bool,
+    span: float,
     margin: float,
     alpha: float,
     n_boot: int,
     n_perm: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Everything but the Holm adjustment and verdict for one paired comparison."""
+    """Everything but the Holm adjustment and verdict for one paired comparison.
+
+    ``span`` is the metric's range for the zero-change floor (:func:`value_range`).
+    """
     a = frame["baseline"].to_numpy(dtype=float)
     b = frame["arm"].to_numpy(dtype=float)
     diffs = b - a
     n = diffs.size
-    clusters = frame["subject"] if clustered else None
-    low, high = paired_bootstrap_diff_ci(
-        a, b, n_boot, _subseed(seed, "diff", arm, task, metric), alpha, clusters
-    )
-    if binary:
+    mean = float(diffs.mean())
+    diff_seed = _subseed(seed, "diff", arm, task, metric)
+    perm_seed = _subseed(seed, "perm", arm, task, metric)
+    if clustered:
+        # the subject is the unit: test, CI and equivalence interval all resample or flip
+        # whole subjects, so that a verdict and its interval cannot disagree
+        boot = _cluster_bootstrap_means(diffs, frame["subject"], n_boot, diff_seed)
+        low, high = _floored(*_percentile_interval(boot, alpha), mean, n, alpha / 2, span)
+        ci_method = "cluster-bootstrap+floor"
+        perm = cluster_permutation_test(a, b, frame["subject"], n_perm, perm_seed)
+        test, p = "cluster-permutation", perm.pvalue
+        eq = _bootstrap_equivalence(boot, diffs, margin, alpha, span)
+    elif binary:
         mc = mcnemar_test(a, b)
         test, p = mc.method, mc.pvalue
+        low, high = tango_ci(mc.n01, mc.n10, n, alpha)
+        ci_method = "tango-score"
+        eq = tango_equivalence(mc.n01, mc.n10, n, margin, alpha)
     else:
-        perm = paired_permutation_test(a, b, n_perm, _subseed(seed, "perm", arm, task, metric))
+        boot_low, boot_high = bootstrap_ci(diffs, n_boot, diff_seed, alpha)
+        low, high = _floored(boot_low, boot_high, mean, n, alpha / 2, span)
+        ci_method = "bootstrap+floor"
+        perm = paired_permutation_test(a, b, n_perm, perm_seed)
         test, p = "permutation", perm.pvalue
-    eq = tost(diffs, margin, alpha)
+        eq = tost(diffs, margin, alpha, span)
     sd = float(diffs.std(ddof=1)) if n >= 2 else math.nan
     return {
         "arm": arm,
@@ -675,12 +1102,16 @@ def _comparison_row(
         "n": n,
         "baseline_mean": float(a.mean()),
         "arm_mean": float(b.mean()),
-        "diff": float(diffs.mean()),
+        "diff": mean,
         "diff_ci_low": low,
         "diff_ci_high": high,
+        "diff_ci_method": ci_method,
         "test": test,
         "p": p,
         "p_holm": math.nan,
+        "eq_low": eq.low,
+        "eq_high": eq.high,
+        "eq_method": eq.method,
         "tost_p": eq.pvalue,
         "equivalent": eq.equivalent,
         "verdict": None,
@@ -710,17 +1141,27 @@ def compare(
 
     ``comparisons`` has one row per non-baseline arm and (task, metric) of the task, items paired
     by :func:`pair` (a ValueError from it, e.g. different items, propagates). ``diff`` is arm
-    minus baseline; its CI is a paired (cluster, when the task has subjects) bootstrap. Binary
-    metrics are tested with McNemar (exact up to 25 discordant pairs), continuous ones with the
-    sign-flip permutation test. ``tost_p`` is the paired TOST against +/- ``margin`` (metric
-    units). ``mdd`` is the minimum detectable difference at 80 % power from the sd of the
-    differences. ``verdict`` is from :func:`verdict`.
+    minus baseline, with a (1 - alpha) CI and a (1 - 2 alpha) equivalence interval judged
+    against +/- ``margin`` (metric units):
+
+    * binary metric, no subjects: McNemar's test (exact up to 25 discordant pairs); CI and
+      equivalence interval are Tango's score interval (:func:`tango_ci`);
+    * continuous metric, no subjects: the sign-flip permutation test; a bootstrap CI and the
+      t-interval of :func:`tost`, both widened to at least the zero-change floor, R times
+      :func:`zero_change_bound` with R = :func:`value_range` of the metric's values;
+    * a task with at least two subjects (any metric): the subject-level sign-flip permutation
+      test (:func:`cluster_permutation_test`); cluster bootstrap CI and equivalence interval
+      (:func:`cluster_bootstrap_equivalence`), both widened to the same floor.
+
+    ``tost_p`` is the p-value of the equivalence test (``tost_p < alpha`` iff ``equivalent``).
+    ``mdd`` is the minimum detectable difference at 80 % power from the sd of the differences.
+    ``verdict`` is from :func:`verdict`, and :func:`check_verdicts` is run on the table.
 
     Multiplicity: Holm's correction is applied per (task, metric) family, across the arms
     compared with the baseline on it. Tasks answer separate questions and are reported
     separately; the metrics of one task (acc, acc_norm) are near-duplicate readings of the same
-    answers, so they are not pooled into one family either. TOST p-values are not adjusted
-    (each equivalence claim is an intersection-union test).
+    answers, so they are not pooled into one family either. Equivalence is not adjusted (each
+    equivalence claim is an intersection-union test).
 
     Arms or tasks without data are not dropped: a non-baseline arm lacking rows for a (task,
     metric) — or a task whose baseline rows are absent — gets a row with verdict "missing"
@@ -732,6 +1173,7 @@ def compare(
     change when other arms or tasks are added.
     """
     _check_alpha(alpha)
+    _check_margin(margin)
     _validate_scores(df)
     data = df.copy()
     data["value"] = pd.to_numeric(data["value"]).astype(float)
@@ -755,6 +1197,7 @@ def compare(
                 continue
             rows = task_rows[task_rows["metric"] == metric]
             binary = is_binary(rows["value"])
+            span = value_range(rows["value"])
             present = set(rows["arm"].unique())
             for arm in arm_list:
                 arm_rows = rows[rows["arm"] == arm]
@@ -780,6 +1223,7 @@ def compare(
                         metric,
                         binary,
                         clustered,
+                        span,
                         margin,
                         alpha,
                         n_boot,
@@ -797,8 +1241,10 @@ def compare(
                     (r["diff_ci_low"], r["diff_ci_high"]),
                     r["p"],
                     r["p_holm"],
-                    r["tost_p"],
+                    (r["eq_low"], r["eq_high"]),
+                    margin,
                     alpha,
+                    r["tost_p"],
                 ).verdict
             comparison_rows += family
 
@@ -807,6 +1253,7 @@ def compare(
     scores["n"] = scores["n"].astype("int64")
     comparisons["n"] = comparisons["n"].astype("int64")
     comparisons["equivalent"] = comparisons["equivalent"].astype("boolean")
+    check_verdicts(comparisons, margin, alpha)
     return scores, comparisons
 
 

@@ -178,6 +178,75 @@ def test_load_samples_reads_every_file(study):
     assert df["subject"].isna().all()
 
 
+def write_samples(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "bad,what", [(math.nan, "is nan"), (None, "is None, not a number"), ("absent", "is missing")]
+)
+def test_an_unscorable_metric_value_names_the_file_arm_and_doc(tmp_path, bad, what):
+    records = [
+        {"task": "mc", "doc_id": i, "doc_hash": f"h{i}", "metrics": {"acc": 1.0, "ppl": [-2.0, 3]}}
+        for i in range(5)
+    ]
+    if bad == "absent":
+        del records[3]["metrics"]["acc"]
+    else:
+        records[3]["metrics"]["acc"] = bad
+    path = write_samples(tmp_path / "eval" / "nf4" / "mc.samples.jsonl", records)
+    good = write_samples(tmp_path / "eval" / "fp32" / "mc.samples.jsonl", records[:3])
+    with pytest.raises(ValueError) as err:
+        compare.load_samples([good, path])
+    message = str(err.value)
+    assert str(path) in message and what in message
+    assert "arm 'nf4'" in message and "doc_id 3" in message and "metric 'acc'" in message
+
+
+def test_metrics_are_expected_per_subtask_and_non_numbers_still_skipped():
+    # a group whose subtasks score different metrics: each subtask is judged on its own
+    records = [
+        {"task": "grp_a", "doc_id": 0, "doc_hash": "a", "metrics": {"acc": 1.0, "f1": 0.5}},
+        {"task": "grp_a", "doc_id": 1, "doc_hash": "b", "metrics": {"acc": 0.0, "f1": 0.2}},
+        {"task": "grp_b", "doc_id": 0, "doc_hash": "c", "metrics": {"acc": 1.0, "ppl": [-1, 2]}},
+    ]
+    rows = compare.sample_rows(records, "int8", "grp")
+    assert [(r["subject"], r["metric"]) for r in rows] == [
+        ("grp_a", "acc"), ("grp_a", "f1"), ("grp_a", "acc"), ("grp_a", "f1"), ("grp_b", "acc"),
+    ]  # fmt: skip
+    # NaN is never a score, even where no other record has the metric
+    records[2]["metrics"]["ppl"] = math.nan
+    with pytest.raises(ValueError, match="doc_id 0 \\(subtask 'grp_b'\\): metric 'ppl' is nan"):
+        compare.sample_rows(records, "int8", "grp", "x.samples.jsonl")
+
+
+def test_oriented_comparisons_keep_their_numbers_and_pass_the_check():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(10, 30, 300)
+    samples = pd.concat(
+        [
+            pd.DataFrame({"task": "wiki", "doc_id": np.arange(300), "doc_hash": None, "arm": arm,
+                          "metric": "word_perplexity", "value": v, "subject": None})
+            for arm, v in (("fp32", base), ("q", base + rng.normal(2.0, 1.0, 300)))
+        ],
+        ignore_index=True,
+    )  # fmt: skip
+    evals = [{"task": "wiki", "higher_is_better": {"wiki": {"word_perplexity": False}}}]
+    raw = stats.compare(samples, "fp32", margin=0.5, n_boot=300)[1]
+    _, oriented = compare.analyse(
+        samples, evals, "fp32", ["fp32", "q"], ["wiki"], {"margin": 0.5, "n_boot": 300}
+    )
+    assert raw["verdict"].tolist() == ["better"] and oriented["verdict"].tolist() == ["worse"]
+    numbers = ["diff", "diff_ci_low", "diff_ci_high", "eq_low", "eq_high", "tost_p"]
+    pd.testing.assert_frame_equal(raw[numbers], oriented[numbers])
+    assert oriented["diff_ci_low"].iloc[0] > 0  # a loss: perplexity went up
+    stats.check_verdicts(oriented, 0.5, 0.05)
+    with pytest.raises(ValueError, match="other side of 0"):
+        stats.check_verdicts(oriented.assign(verdict="better"), 0.5)
+
+
 def test_lower_is_better_metrics_swap_better_and_worse():
     comparisons = pd.DataFrame(
         {

@@ -336,23 +336,38 @@ def test_holm_ignores_nan():
     [(0.0, 0.05, 0.01), (0.004, 0.05, 0.01), (-0.02, 0.1, 0.01), (0.05, 0.3, 0.1)],
 )
 def test_tost_matches_statsmodels(shift, sd, margin):
+    # without the zero-change floor, tost is the classic paired t TOST
     rng = np.random.default_rng(11)
     a = rng.random(400)
     b = a + rng.normal(shift, sd, 400)
-    res = qs.tost(b - a, margin)
-    p, (_, p1, df1), (_, p2, _) = ttost_paired(b, a, -margin, margin)
+    res = qs.tost(b - a, margin, value_range=None)
+    p, (_, p1, _), (_, p2, _) = ttost_paired(b, a, -margin, margin)
     assert res.pvalue == pytest.approx(p, rel=1e-9)
     assert res.p_lower == pytest.approx(p1, rel=1e-9)
     assert res.p_upper == pytest.approx(p2, rel=1e-9)
-    assert res.df == df1
     assert res.equivalent == (p < 0.05)
+    # its (1 - 2 alpha) interval is the t-interval of the mean difference
+    d = b - a
+    low, high = sps.t.interval(0.90, d.size - 1, loc=d.mean(), scale=sps.sem(d))
+    assert (res.low, res.high) == pytest.approx((low, high), rel=1e-9)
+    # with the floor (R = 1, 400 items: 1 - 0.05^(1/400) = 0.0075) p is at least the floor's
+    floored = qs.tost(b - a, margin)
+    p_floor = (1 - (margin - abs(d.mean()))) ** 400 if abs(d.mean()) < margin else 1.0
+    assert floored.pvalue == pytest.approx(max(p, p_floor), rel=1e-9)
+    assert floored.equivalent == (floored.pvalue < 0.05)
 
 
 def test_tost_zero_variance_and_degenerate():
-    assert qs.tost(np.zeros(50), 0.01).pvalue == 0.0
-    assert qs.tost(np.zeros(50), 0.01).equivalent
+    # the flaw of the classic t TOST: zero variance is "equivalent" from any sample size
+    assert qs.tost(np.zeros(50), 0.01, value_range=None).pvalue == 0.0
+    assert qs.tost(np.zeros(2), 0.01, value_range=None).equivalent
+    # with the zero-change floor: 50 identical items resolve no better than +/- 0.058
+    res = qs.tost(np.zeros(50), 0.01)
+    assert not res.equivalent and res.pvalue == pytest.approx(0.99**50)
+    assert res.high == pytest.approx(1 - 0.05 ** (1 / 50)) and res.low == -res.high
+    assert not qs.tost(np.zeros(2), 0.01).equivalent
     assert qs.tost(np.full(50, 0.02), 0.01).pvalue == 1.0
-    assert not qs.tost([0.0], 0.01).equivalent
+    assert not qs.tost([0.0], 0.01).equivalent and math.isnan(qs.tost([0.0], 0.01).pvalue)
     with pytest.raises(ValueError):
         qs.tost([0.0, 0.1], 0.0)
 
@@ -384,21 +399,30 @@ def test_mdd_gives_80_percent_power_in_simulation():
 
 
 def test_verdict_rules():
-    assert qs.verdict(0.001, (-0.002, 0.004), 0.6, 0.6, 0.001).verdict == "equivalent"
-    assert qs.verdict(-0.2, (-0.25, -0.15), 1e-9, 1e-8, 1.0).verdict == "worse"
-    assert qs.verdict(0.2, (0.15, 0.25), 1e-9, 1e-8, 1.0).verdict == "better"
-    assert qs.verdict(-0.02, (-0.05, 0.01), 0.01, 0.06, 0.5).verdict == "inconclusive"
-    assert (
-        qs.verdict(math.nan, (math.nan, math.nan), math.nan, math.nan, math.nan).verdict
-        == "inconclusive"
+    m = 0.01
+    assert qs.verdict(0.001, (-0.002, 0.004), 0.6, 0.6, (-0.001, 0.003), m).verdict == "equivalent"
+    # equivalence takes precedence over a significant difference smaller than the margin
+    assert qs.verdict(0.004, (0.002, 0.006), 1e-4, 1e-4, (0.0025, 0.0055), m).verdict == (
+        "equivalent"
     )
-    v = qs.verdict(-0.2, (-0.25, -0.15), 1e-9, 1e-8, 1.0)
-    assert (v.diff, v.ci_low, v.ci_high, v.p, v.p_holm, v.tost_p) == (
+    # an interval reaching the margin is not inside it
+    assert qs.verdict(0.0, (-0.01, 0.01), 1.0, 1.0, (-0.01, 0.009), m).verdict == "inconclusive"
+    assert qs.verdict(-0.2, (-0.25, -0.15), 1e-9, 1e-8, (-0.24, -0.16), m).verdict == "worse"
+    assert qs.verdict(0.2, (0.15, 0.25), 1e-9, 1e-8, (0.16, 0.24), m).verdict == "better"
+    assert qs.verdict(-0.02, (-0.05, 0.01), 0.01, 0.06, (-0.04, 0.0), m).verdict == "inconclusive"
+    # a significant p whose CI holds 0 is not a verdict (the test and the interval disagree)
+    assert qs.verdict(-0.02, (-0.05, 0.01), 7e-6, 7e-6, (-0.04, 0.0), m).verdict == "inconclusive"
+    nan = math.nan
+    assert qs.verdict(nan, (nan, nan), nan, nan, (nan, nan), m).verdict == "inconclusive"
+    v = qs.verdict(-0.2, (-0.25, -0.15), 1e-9, 1e-8, (-0.24, -0.16), m, tost_p=1.0)
+    assert (v.diff, v.ci_low, v.ci_high, v.p, v.p_holm, v.eq_low, v.eq_high, v.tost_p) == (
         -0.2,
         -0.25,
         -0.15,
         1e-9,
         1e-8,
+        -0.24,
+        -0.16,
         1.0,
     )
 
@@ -418,10 +442,17 @@ def test_compare_verdicts_on_constructed_data():
     assert set(scores["ci_method"]) == {"wilson"}
     same = comp.set_index("arm").loc["same"]
     worse = comp.set_index("arm").loc["worse"]
+    # 500 identical items: Tango's 90% interval is +/- 1.645^2 / (500 + 1.645^2), inside 0.01
     assert same["verdict"] == "equivalent" and same["diff"] == 0 and bool(same["equivalent"])
+    assert same["eq_high"] == pytest.approx(
+        sps.norm.isf(0.05) ** 2 / (500 + sps.norm.isf(0.05) ** 2)
+    )
     assert same["p"] == 1.0 and same["test"] == "mcnemar-exact"
+    assert same["diff_ci_method"] == same["eq_method"] == "tango-score"
+    assert same["diff_ci_low"] < 0 < same["diff_ci_high"]  # not the degenerate [0, 0]
     assert worse["verdict"] == "worse" and worse["diff"] == pytest.approx(-0.2)
     assert worse["test"] == "mcnemar-chi2" and worse["diff_ci_high"] < 0
+    assert (worse["diff_ci_low"], worse["diff_ci_high"]) == qs.tango_ci(0, 100, 500)
     assert "base" not in set(comp["arm"])
     np.testing.assert_allclose(comp["p_holm"], qs.holm(comp["p"]))
     assert worse["mdd"] == pytest.approx(qs.min_detectable_difference(0.4004, 500), rel=1e-3)
@@ -473,8 +504,14 @@ def test_compare_continuous_and_clustered():
     assert (
         methods[("base", "qa")] == "bootstrap" and methods[("base", "mmlu")] == "cluster-bootstrap"
     )
-    tests = dict(zip(comp["task"], comp["test"], strict=True))
-    assert tests["qa"] == "permutation" and tests["mmlu"].startswith("mcnemar")
+    by_task = comp.set_index("task")
+    assert by_task.loc["qa", "test"] == "permutation"
+    assert by_task.loc["qa", "diff_ci_method"] == "bootstrap+floor"
+    assert by_task.loc["qa", "eq_method"] == "t+floor"
+    # a task with subjects is tested, and its intervals drawn, subject by subject
+    assert by_task.loc["mmlu", "test"] == "cluster-permutation"
+    assert by_task.loc["mmlu", "diff_ci_method"] == "cluster-bootstrap+floor"
+    assert by_task.loc["mmlu", "eq_method"] == "cluster-bootstrap+floor"
     assert (comp["verdict"].isin(qs.VERDICTS)).all()
 
 
