@@ -216,6 +216,8 @@ def test_a_failing_arm_is_reported_and_retried_by_the_next_run(tiny_study, tmp_p
     assert decision.loc["int8_b", "status"] == f"missing: {failure['reason']}"
     assert (decision.drop(index="int8_b")["status"] == "ok").all()
     assert "injected: the disk is full" in (results(work) / "report/decision.html").read_text()
+    snakemake(work, "--report", str(tmp_path / "report.html"))  # the report of this run builds
+    assert "int8_b" in (tmp_path / "report.html").read_text()
     assert "int8_b" not in set(pd.read_csv(results(work) / "tables" / "results.csv")["arm"])
     assert {p: t for p, t in mtimes(work).items() if p in before} == before
 
