@@ -21,6 +21,7 @@ import yaml
 from tests.conftest import (
     LIMITS,
     ROOT,
+    break_save,
     copy_study,
     job,
     jobs_in,
@@ -159,28 +160,6 @@ def test_bad_config_stops_before_any_job(tmp_path, tokenizer_dir, calibration_fi
     assert not (tmp_path / "results").exists()
 
 
-# A failure this tiny study cannot have, injected into every Python process of the run by a
-# sitecustomize: saving the arm named in QS_TEST_BREAK_ARM fails.
-_BREAK_SAVE = """\
-import os
-import transformers
-_save = transformers.PreTrainedModel.save_pretrained
-def save_pretrained(self, directory, *args, **kwargs):
-    if str(directory).rstrip("/").endswith("/models/" + os.environ["QS_TEST_BREAK_ARM"]):
-        raise RuntimeError("injected: the disk is full")
-    return _save(self, directory, *args, **kwargs)
-transformers.PreTrainedModel.save_pretrained = save_pretrained
-"""
-
-
-def injected(tmp_path: Path, code: str) -> str:
-    """A PYTHONPATH whose sitecustomize runs `code` in every Python process started with it."""
-    inject = tmp_path / "inject"
-    inject.mkdir(exist_ok=True)
-    (inject / "sitecustomize.py").write_text(code)
-    return os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
-
-
 def mtimes(work: Path, skip: tuple[str, ...] = ()) -> dict[Path, int]:
     """mtime of every file under results/, but those in folders named in skip."""
     return {
@@ -201,8 +180,9 @@ def test_a_failing_arm_is_reported_and_retried_by_the_next_run(tiny_study, tmp_p
     config["arms"]["int8_b"] = {**config["arms"]["int8"], "threshold": 5.0}
     write_config(work, config)
     before = mtimes(work, skip=("tables", "report", "figures"))
-    env = {"PYTHONPATH": injected(tmp_path, _BREAK_SAVE), "QS_TEST_BREAK_ARM": "int8_b"}
-    snakemake(work, "-c1", env=env)  # the run succeeds: no --keep-going needed
+    snakemake(
+        work, "-c1", env=break_save(tmp_path, "int8_b")
+    )  # the run succeeds: no --keep-going needed
 
     arm_dir = results(work) / "models" / "int8_b"
     failure = json.loads((arm_dir / "quantize.json").read_text())
