@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from . import records
 
 RESULT_COLUMNS = [
     "arm", "method", "bits", "task", "metric", "filter", "value", "stderr", "n", "batch_size",
@@ -58,24 +59,22 @@ def result_rows(eval_json: dict[str, Any], quant: dict[str, Any]) -> list[dict[s
 def collect_results(eval_files: Iterable[Path | str], quant: dict[str, dict]) -> pd.DataFrame:
     """The results table from every `eval/{arm}/{task}.json`."""
     rows = []
-    for path in eval_files:
-        ev = json.loads(Path(path).read_text())
+    for ev in records.successes(eval_files):
         rows += result_rows(ev, quant[ev["arm"]])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
 def load_quantize_records(model_dirs: Iterable[Path | str]) -> dict[str, dict[str, Any]]:
-    """quantize.json of every arm, by arm name."""
-    out = {}
-    for d in model_dirs:
-        rec = json.loads((Path(d) / "quantize.json").read_text())
-        out[rec["arm"]] = rec
-    return out
+    """quantize.json of every arm that was built, by arm name (failure records left out)."""
+    paths = [records.quantize_record_path(d) for d in model_dirs]
+    return {rec["arm"]: rec for rec in records.successes(paths)}
 
 
 def memory_table(quant: dict[str, dict[str, Any]], baseline: str) -> pd.DataFrame:
-    """Per arm: bytes in memory and on disk, and their ratio to the baseline's."""
-    base = quant[baseline]
+    """Per arm built: bytes in memory and on disk, and their ratio to the baseline's (NaN when
+    the baseline was not built)."""
+    nan = {"memory_bytes": {"total": math.nan}, "disk_bytes": math.nan}
+    base = quant.get(baseline, nan)
     rows = []
     for arm, rec in quant.items():
         mem = rec["memory_bytes"]["total"]
@@ -233,6 +232,6 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
 def collect_benchmarks(bench_files: Iterable[Path | str]) -> pd.DataFrame:
     """The benchmark table from every `bench/{arm}.json`."""
     rows = []
-    for path in bench_files:
-        rows += bench_rows(json.loads(Path(path).read_text()))
+    for bench in records.successes(bench_files):
+        rows += bench_rows(bench)
     return pd.DataFrame(rows, columns=BENCH_COLUMNS)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import report, stats
+from . import records, report, stats
 from .aggregate import load_quantize_records
 from .report import VERDICT_PREFIX
 
@@ -34,96 +34,22 @@ SPEED_MODES = ("static", "eager")
 """Execution modes whose batch-1 decode speed is the decision's speed, first supported wins."""
 
 
-# --------------------------------------------------------------------------- what exists
-# Snakemake has no optional inputs: a job whose input failed never runs. compare and report must
-# still run when an arm fails, and show it as missing. A failed job leaves its log and no output
-# (Snakemake deletes the outputs of a failed job, never its log), so the analysis leaves out the
-# outputs of jobs that ran and failed, and waits for everything else.
+# --------------------------------------------------------------------------- what failed
+# compare reads every configured output; a job that failed left a failure record in its place
+# (quantstudy.records), which says why.
 
 
-def has_failed(output: Path | str, log: Path | str, root: Path | str = ".") -> bool:
-    """Whether a job ran before and failed: its log is there, its output is not."""
-    root = Path(root)
-    return (root / log).exists() and not (root / output).exists()
-
-
-def _missing(stage: str, arm: str, task: str | None, reason: str) -> dict[str, Any]:
-    return {"stage": stage, "arm": arm, "task": task, "reason": reason}
-
-
-def missing_outputs(
-    study: str, config: Mapping[str, Any], baseline: str, root: Path | str = "."
+def failed_jobs(
+    model_dirs: Iterable[Path | str],
+    eval_files: Iterable[Path | str],
+    bench_files: Iterable[Path | str],
 ) -> list[dict[str, Any]]:
-    """The outputs the analysis does without, and why: [{stage, arm, task, reason}].
-
-    An arm whose quantize job failed has no model, evaluations or benchmark; an evaluation that
-    failed, or that waits for the baseline's batch size (batch_size auto) when the baseline's run
-    of the task failed, is missing; a benchmark that failed, or has no model (its own or the
-    baseline's) to measure, is missing. Paths are the workflow's, relative to ``root``.
-    """
-    arms, tasks = list(config["arms"]), list(config["tasks"])
-    missing = []
-    no_model = set()
-    for arm in arms:
-        log = f"logs/{study}/quantize/{arm}.log"
-        if has_failed(f"results/{study}/models/{arm}", log, root):
-            no_model.add(arm)
-            missing.append(_missing("quantize", arm, None, f"quantize failed (log: {log})"))
-    for task in tasks:
-        base_failed = baseline in no_model or has_failed(
-            f"results/{study}/eval/{baseline}/{task}.json",
-            f"logs/{study}/eval/{baseline}/{task}.log",
-            root,
-        )
-        waits_for_base = config["tasks"][task].get("batch_size", "auto") == "auto"
-        for arm in arms:
-            log = f"logs/{study}/eval/{arm}/{task}.log"
-            if arm in no_model:
-                continue
-            if has_failed(f"results/{study}/eval/{arm}/{task}.json", log, root):
-                reason = f"evaluation failed (log: {log})"
-            elif arm != baseline and waits_for_base and base_failed:
-                reason = "not evaluated: it takes the baseline's batch size, and that run failed"
-            else:
-                continue
-            missing.append(_missing("evaluate", arm, task, reason))
-    if (config.get("benchmark") or {}).get("enabled", True):
-        for arm in arms:
-            log = f"logs/{study}/bench/{arm}.log"
-            if arm in no_model or baseline in no_model:
-                reason = "not benchmarked: no model to measure"
-            elif has_failed(f"results/{study}/bench/{arm}.json", log, root):
-                reason = f"benchmark failed (log: {log})"
-            else:
-                continue
-            missing.append(_missing("benchmark", arm, None, reason))
-    return missing
-
-
-def analysis_inputs(
-    study: str, config: Mapping[str, Any], missing: Sequence[Mapping[str, Any]]
-) -> dict[str, list[str]]:
-    """The per-arm outputs compare and report read: every configured one but the missing ones.
-
-    Keys: samples and evals (per arm and task), models (per arm), bench (per arm; none when the
-    benchmark is disabled).
-    """
-    arms, tasks = list(config["arms"]), list(config["tasks"])
-    no_model = {m["arm"] for m in missing if m["stage"] == "quantize"}
-    no_eval = {(m["arm"], m["task"]) for m in missing if m["stage"] == "evaluate"}
-    no_bench = {m["arm"] for m in missing if m["stage"] == "benchmark"}
-    pairs = [(a, t) for a in arms for t in tasks if a not in no_model and (a, t) not in no_eval]
-    benchmarked = (config.get("benchmark") or {}).get("enabled", True)
-    return {
-        "samples": [f"results/{study}/eval/{a}/{t}.samples.jsonl" for a, t in pairs],
-        "evals": [f"results/{study}/eval/{a}/{t}.json" for a, t in pairs],
-        "models": [f"results/{study}/models/{a}" for a in arms if a not in no_model],
-        "bench": [
-            f"results/{study}/bench/{a}.json"
-            for a in (arms if benchmarked else [])
-            if a not in no_model and a not in no_bench
-        ],
-    }
+    """The failure records among the analysis' inputs, as [{stage, arm, task, reason}]."""
+    paths = [records.quantize_record_path(d) for d in model_dirs] + [*eval_files, *bench_files]
+    return [
+        {"stage": r["stage"], "arm": r["arm"], "task": r.get("task"), "reason": r["reason"]}
+        for r in records.failures(paths)
+    ]
 
 
 # --------------------------------------------------------------------------- loading
@@ -217,8 +143,8 @@ def load_samples(samples_files: Iterable[Path | str]) -> pd.DataFrame:
     for path in samples_files:
         arm, task = arm_task_of(path)
         with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        rows += sample_rows(records, arm, task, path)
+            lines = [json.loads(line) for line in f if line.strip()]
+        rows += sample_rows(lines, arm, task, path)
     columns = ["task", "doc_id", "doc_hash", "arm", "metric", "value", "subject"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -509,23 +435,21 @@ def run(
     tasks: Sequence[str],
     baseline: str,
     analysis: Mapping[str, Any],
-    missing: Iterable[Mapping[str, Any]],
     study: str,
     out: Mapping[str, Path | str],
 ) -> stats.Recommendation:
-    """The compare stage: read what exists, write scores, comparisons, decision and summaries.
+    """The compare stage: read every output, write scores, comparisons, decision and summaries.
 
+    Failed jobs' failure records (quantstudy.records) are shown as missing, with their reason.
     ``out`` names the files: scores, comparisons, decision (CSV), decision_html, summary (RST
     for the report's front page) and summary_md.
     """
+    missing = failed_jobs(model_dirs, eval_files, bench_files)
     samples = load_samples(samples_files)
-    evals = [json.loads(Path(p).read_text()) for p in eval_files]
+    evals = records.successes(eval_files)
     scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
     quant = load_quantize_records(model_dirs)
-    speeds = {}
-    for p in bench_files:
-        bench = json.loads(Path(p).read_text())
-        speeds[bench["arm"]] = decode_speed(bench)
+    speeds = {b["arm"]: decode_speed(b) for b in records.successes(bench_files)}
     primary = analysis.get("primary_metrics") or {}
     decision, rec = decision_table(
         comparisons,

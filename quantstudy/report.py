@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from . import records
+
 VERDICT_PREFIX = "verdict:"
 """Decision-table columns holding an arm's verdict on one task are named `verdict:<task>`."""
 
@@ -483,8 +485,8 @@ def write_provenance(
         read_json(source_dir / "source.json"),
         read_json(source_dir.parent / "download" / "download.json"),
         quant,
-        [json.loads(Path(p).read_text()) for p in eval_files],
-        [json.loads(Path(p).read_text()) for p in bench_files],
+        records.successes(eval_files),
+        records.successes(bench_files),
         config,
     )
     prov.to_csv(out_csv, index=False)

@@ -13,6 +13,7 @@ rule benchmark:
         gpu_mem_mb=get_bench_gpu_mem_mb,
         mem_mb=32000,
         runtime=60,
+        attempt=get_attempt,
     params:
         settings=lookup(dpath="benchmark/settings", within=config),
         baseline=BASELINE,

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from quantstudy import config as qconfig  # noqa: E402
+from quantstudy import records as qrecords  # noqa: E402
 
 # --- config: schema (with defaults), then the checks a schema cannot make -------------------
 qconfig.normalise(config)
@@ -40,27 +41,38 @@ def is_benchmarked():
     return config["benchmark"]["enabled"]
 
 
-def get_final_output():
-    """The study's tables, figures and report pages.
+# A job that fails on its last attempt leaves a failure record as its output, so the rest of
+# the study and its report finish (quantstudy.records). Each new run forces those jobs, and all
+# after them, to run again: a failure is never remembered across runs. Only the main process
+# decides what runs; jobs inherit how many attempts they get.
+if workflow.is_main_process:
+    retries = workflow.execution_settings.retries if workflow.execution_settings else 0
+    os.environ[qrecords.ATTEMPTS_ENV] = str(retries + 1)
+    FAILED_OUTPUTS = qrecords.failed_outputs(STUDY, ARMS, TASKS, is_benchmarked())
+    if FAILED_OUTPUTS:
+        workflow.dag_settings.forcerun = frozenset(
+            workflow.dag_settings.forcerun
+        ) | set(FAILED_OUTPUTS)
 
-    The tables of rule aggregate need every arm; after a job failed (ANALYSIS_MISSING in
-    compare.smk) they cannot be made, so they are left out and the decision table, figures and
-    report, which show a failed arm as missing, are built from what exists.
-    """
+
+def get_attempt(wildcards, attempt):
+    """The job's attempt, as a resource its script reads: only its last records a failure."""
+    return attempt
+
+
+def get_final_output():
+    """The study's tables, figures and report pages (every arm, failed ones shown as such)."""
     out = [
         f"results/{STUDY}/tables/decision.csv",
         f"results/{STUDY}/report/decision.html",
         f"results/{STUDY}/report/provenance.html",
         f"results/{STUDY}/figures/score_vs_memory.png",
+        f"results/{STUDY}/tables/results.csv",
+        f"results/{STUDY}/tables/memory.csv",
+        f"results/{STUDY}/tables/summary.md",
     ]
-    if not ANALYSIS_MISSING:
-        out += [
-            f"results/{STUDY}/tables/results.csv",
-            f"results/{STUDY}/tables/memory.csv",
-            f"results/{STUDY}/tables/summary.md",
-        ]
-        if is_benchmarked():
-            out.append(f"results/{STUDY}/tables/benchmark.csv")
+    if is_benchmarked():
+        out.append(f"results/{STUDY}/tables/benchmark.csv")
     return out
 
 
@@ -190,3 +202,18 @@ def get_bench_gpu_mem_mb(wildcards, input):
 
 def get_model_dirs(study=STUDY):
     return expand("results/{study}/models/{arm}", study=study, arm=ARMS)
+
+
+def get_analysis_input(study=STUDY):
+    """What compare and report read: every configured arm's outputs (or failure records)."""
+    return {
+        "samples": expand(
+            "results/{study}/eval/{arm}/{task}.samples.jsonl",
+            study=study,
+            arm=ARMS,
+            task=TASKS,
+        ),
+        "evals": get_eval_outputs(study),
+        "models": get_model_dirs(study),
+        "bench": get_bench_outputs(study) if is_benchmarked() else [],
+    }

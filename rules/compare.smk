@@ -1,17 +1,6 @@
-from quantstudy import compare as qcompare
-
-# Snakemake has no optional inputs, so compare and report read every configured output except
-# those of jobs that ran and failed (log there, output not; see quantstudy.compare): the first
-# `--keep-going` run builds what it can, the next builds compare and report with the failed arm
-# marked missing. To retry a failed job, ask for its output (`snakemake
-# results/<study>/models/<arm>`) or delete its log.
-ANALYSIS_MISSING = qcompare.missing_outputs(STUDY, config, BASELINE)
-ANALYSIS_INPUT = qcompare.analysis_inputs(STUDY, config, ANALYSIS_MISSING)
-
-
 rule compare:
     input:
-        **ANALYSIS_INPUT,
+        **get_analysis_input(),
     output:
         decision_html=report(
             "results/{study}/report/decision.html",
@@ -51,6 +40,5 @@ rule compare:
         arms=lookup(dpath="arms", within=config),
         tasks=TASKS,
         baseline=BASELINE,
-        missing=ANALYSIS_MISSING,
     script:
         "../scripts/compare.py"

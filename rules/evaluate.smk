@@ -14,8 +14,8 @@ rule evaluate:
         gpu_mem_mb=get_eval_gpu_mem_mb,
         mem_mb=32000,
         runtime=240,
-        # the job reads it: a retry after an out-of-memory halves the batch (quantstudy.evaluate)
-        attempt=lambda wildcards, attempt: attempt,
+        # a retry after an out-of-memory halves the batch (quantstudy.evaluate)
+        attempt=get_attempt,
     params:
         task=get_task,
         evaluation=lookup(dpath="evaluation", within=config),

@@ -13,6 +13,7 @@ rule quantize:
         gpu_mem_mb=get_quantize_gpu_mem_mb,
         mem_mb=32000,
         runtime=120,
+        attempt=get_attempt,
     params:
         arm=get_arm,
     script:

@@ -4,9 +4,9 @@ rule report:
         comparisons="results/{study}/tables/comparisons.csv",
         decision="results/{study}/tables/decision.csv",
         source="results/{study}/source",
-        models=ANALYSIS_INPUT["models"],
-        evals=ANALYSIS_INPUT["evals"],
-        bench=ANALYSIS_INPUT["bench"],
+        models=get_analysis_input()["models"],
+        evals=get_analysis_input()["evals"],
+        bench=get_analysis_input()["bench"],
     output:
         accuracy=report(
             "results/{study}/figures/accuracy.png",

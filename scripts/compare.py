@@ -18,7 +18,6 @@ with logged(snakemake.log[0]):  # noqa: F821
         tasks=snakemake.params.tasks,  # noqa: F821
         baseline=snakemake.params.baseline,  # noqa: F821
         analysis=snakemake.params.analysis,  # noqa: F821
-        missing=snakemake.params.missing,  # noqa: F821
         study=snakemake.wildcards.study,  # noqa: F821
         out=dict(snakemake.output.items()),  # noqa: F821
     )

@@ -186,3 +186,30 @@ def tiny_study(tmp_path_factory, tokenizer_dir, calibration_file) -> Path:
     snakemake(work, "-c2")
     snakemake(work, "--report", str(work / "report.html"))
     return work
+
+
+# A failure the tiny study cannot have, injected into every Python process of a run by a
+# sitecustomize: saving the arm named in QS_TEST_BREAK_ARM fails.
+_BREAK_SAVE = """\
+import os
+import transformers
+_save = transformers.PreTrainedModel.save_pretrained
+def save_pretrained(self, directory, *args, **kwargs):
+    if str(directory).rstrip("/").endswith("/models/" + os.environ["QS_TEST_BREAK_ARM"]):
+        raise RuntimeError("injected: the disk is full")
+    return _save(self, directory, *args, **kwargs)
+transformers.PreTrainedModel.save_pretrained = save_pretrained
+"""
+
+
+def injected(tmp_path: Path, code: str) -> str:
+    """A PYTHONPATH whose sitecustomize runs `code` in every Python process started with it."""
+    inject = tmp_path / "inject"
+    inject.mkdir(exist_ok=True)
+    (inject / "sitecustomize.py").write_text(code)
+    return os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+
+
+def break_save(tmp_path: Path, arm: str) -> dict[str, str]:
+    """The environment of a run in which the arm's quantize job fails when it saves."""
+    return {"PYTHONPATH": injected(tmp_path, _BREAK_SAVE), "QS_TEST_BREAK_ARM": arm}

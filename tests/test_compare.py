@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import aggregate, compare, report, stats
+from quantstudy import aggregate, compare, records, report, stats
 
 # --------------------------------------------------------------------------- builders
 
@@ -121,10 +121,14 @@ def make_study(root: Path) -> dict[str, list[Path]]:
         b.parent.mkdir(exist_ok=True)
         b.write_text(json.dumps(bench_record(arm, "fp32", BENCH_MS[arm], BENCH_MS["fp32"])))
         files["bench"].append(b)
+    gone = root / "models" / "gone" / "quantize.json"  # a failure record, as a failed job leaves
+    gone.parent.mkdir(parents=True)
+    gone.write_text(json.dumps({"status": "failed", "stage": "quantize", "arm": "gone",
+                                "task": None, "reason": "quantize failed (log: x)"}))  # fmt: skip
+    files["models"].append(gone.parent)
     return files
 
 
-MISSING = [{"stage": "quantize", "arm": "gone", "task": None, "reason": "quantize failed (log: x)"}]
 ANALYSIS = {"margin": 0.05, "alpha": 0.05, "n_boot": 500, "seed": 0,
             "recommend": "smallest-equivalent", "primary_metrics": {}}  # fmt: skip
 
@@ -137,7 +141,7 @@ def study(tmp_path_factory) -> tuple[Path, dict[str, list[Path]], dict[str, Path
     out = {k: root / f"{k}.out" for k in
            ("scores", "comparisons", "decision", "decision_html", "summary", "summary_md")}  # fmt: skip
     rec = compare.run(files["samples"], files["evals"], files["models"], files["bench"], ARMS,
-                      TASKS, "fp32", ANALYSIS, MISSING, "synthetic", out)  # fmt: skip
+                      TASKS, "fp32", ANALYSIS, "synthetic", out)  # fmt: skip
     return root, files, out | {"recommendation": rec}
 
 
@@ -383,58 +387,75 @@ def test_power_states_the_detectable_difference(study):
 # --------------------------------------------------------------------------- failed jobs
 
 
-def layout(root: Path, present: list[str], logs: list[str]) -> None:
-    """Outputs and logs of a study on disk (paths relative to root)."""
-    for p in present + logs:
-        (root / p).parent.mkdir(parents=True, exist_ok=True)
-        (root / p).write_text("")
+def fail(record: Path, stage: str, arm: str, task: str | None = None, **kw) -> None:
+    """Run a job body that raises inside recording_failure, on its last attempt."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    log = record.parent.parent / f"{arm}-{stage}.log"
+    with records.recording_failure(stage, record, arm=arm, task=task, log=log, **kw):
+        raise RuntimeError(f"{arm} broke")
 
 
-CONFIG = {
-    "arms": {"base": {}, "a": {}, "b": {}},
-    "tasks": {"auto_task": {"batch_size": "auto"}, "fixed": {"batch_size": 8}},
-    "benchmark": {"enabled": True},
-}
+def test_a_failure_on_the_last_attempt_is_recorded_and_the_job_ends(tmp_path, monkeypatch):
+    monkeypatch.setenv(records.ATTEMPTS_ENV, "2")
+    model = tmp_path / "results/s/models/b"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_text("half-written")
+    with pytest.raises(RuntimeError, match="b broke"):  # attempt 1 of 2: Snakemake retries
+        fail(records.quantize_record_path(model), "quantize", "b", attempt=1, clear=model)
+    assert (model / "model.safetensors").exists() and not (model / "quantize.json").exists()
+    fail(records.quantize_record_path(model), "quantize", "b", attempt=2, clear=model)
+    assert sorted(p.name for p in model.iterdir()) == ["quantize.json"]  # the job's own leftovers
+    rec = records.read(model / "quantize.json")
+    assert rec["status"] == "failed" and rec["stage"] == "quantize" and not rec["upstream"]
+    assert rec["reason"].startswith("quantize failed: RuntimeError: b broke (log: ")
+    assert "Traceback" in rec["error"]
+    assert "recorded the failure" in (model.parent / "b-quantize.log").read_text()
 
 
-def test_a_failed_job_is_one_with_a_log_and_no_output(tmp_path):
-    layout(tmp_path, ["results/s/models/a"], ["logs/s/quantize/a.log", "logs/s/quantize/b.log"])
-    assert not compare.has_failed("results/s/models/a", "logs/s/quantize/a.log", tmp_path)
-    assert compare.has_failed("results/s/models/b", "logs/s/quantize/b.log", tmp_path)
-    # never ran: no log, so it is waited for, not missing
-    assert not compare.has_failed("results/s/models/base", "logs/s/quantize/base.log", tmp_path)
+def test_a_failed_input_is_recorded_at_once_with_empty_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv(records.ATTEMPTS_ENV, "3")
+    model = tmp_path / "models/b"
+    fail(records.quantize_record_path(model), "quantize", "b", attempt=3)
+    out = tmp_path / "eval/b/t.json"
+    samples = tmp_path / "eval/b/t.samples.jsonl"
+    out.parent.mkdir(parents=True)
+    with records.recording_failure(
+        "evaluate", out, arm="b", task="t", log=tmp_path / "e.log", attempt=1, empty=[samples]
+    ):
+        records.check_inputs(**{"quantize job": records.quantize_record_path(model)})
+    rec = records.read(out)
+    assert rec["upstream"] and rec["reason"].startswith("not run: its quantize job failed: ")
+    assert samples.read_text() == ""
 
 
-def test_missing_outputs_follow_the_dag(tmp_path):
-    layout(
-        tmp_path,
-        present=["results/s/models/base", "results/s/models/a"],
-        logs=["logs/s/quantize/b.log", "logs/s/eval/base/auto_task.log",
-              "logs/s/bench/a.log"],
-    )  # fmt: skip
-    missing = compare.missing_outputs("s", CONFIG, "base", tmp_path)
-    got = {(m["stage"], m["arm"], m["task"]) for m in missing}
-    assert got == {
-        ("quantize", "b", None),  # failed: no model, so no evaluation or benchmark either
-        ("evaluate", "base", "auto_task"),  # failed
-        ("evaluate", "a", "auto_task"),  # waits for the baseline's batch size, which failed
-        ("benchmark", "a", None),  # failed
-        ("benchmark", "b", None),  # no model
-    }
-    inputs = compare.analysis_inputs("s", CONFIG, missing)
-    assert inputs["samples"] == [
-        "results/s/eval/base/fixed.samples.jsonl",
-        "results/s/eval/a/fixed.samples.jsonl",
-    ]
-    assert inputs["models"] == ["results/s/models/base", "results/s/models/a"]
-    assert inputs["bench"] == ["results/s/bench/base.json"]
-    reasons = compare.missing_reasons(missing)
-    assert reasons["b"] == "quantize failed (log: logs/s/quantize/b.log)"
-    assert reasons[("benchmark", "a")] == "benchmark failed (log: logs/s/bench/a.log)"
+def test_failed_jobs_and_outputs_are_read_from_the_records(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study, arms, tasks = "s", ["base", "a", "b"], ["t1", "t2"]
+    for output, record in records.job_outputs(study, arms, tasks, benchmarked=True):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"arm": output}))
+    fail(Path("results/s/models/b/quantize.json"), "quantize", "b")
+    fail(Path("results/s/eval/a/t2.json"), "evaluate", "a", "t2")
+    fail(Path("results/s/bench/a.json"), "benchmark", "a")
+    assert records.failed_outputs(study, arms, tasks, True) == [
+        "results/s/eval/a/t2.json", "results/s/bench/a.json", "results/s/models/b",
+    ]  # fmt: skip
+    assert records.failed_outputs(study, arms, tasks, False) == [
+        "results/s/eval/a/t2.json", "results/s/models/b",
+    ]  # fmt: skip
+    failed = compare.failed_jobs(
+        [f"results/s/models/{a}" for a in arms],
+        [f"results/s/eval/{a}/{t}.json" for a in arms for t in tasks],
+        [f"results/s/bench/{a}.json" for a in arms],
+    )
+    assert [(f["stage"], f["arm"], f["task"]) for f in failed] == [
+        ("quantize", "b", None), ("evaluate", "a", "t2"), ("benchmark", "a", None),
+    ]  # fmt: skip
+    reasons = compare.missing_reasons(failed)
+    assert reasons["b"].startswith("quantize failed: RuntimeError: b broke")
+    assert ("a", "t2") in reasons and ("benchmark", "a") in reasons
+    assert len(records.successes([f"results/s/eval/{a}/t2.json" for a in arms])) == 2
 
 
-def test_nothing_failed_means_every_output_is_read(tmp_path):
-    assert compare.missing_outputs("s", CONFIG, "base", tmp_path) == []
-    inputs = compare.analysis_inputs("s", CONFIG | {"benchmark": {"enabled": False}}, [])
-    assert len(inputs["samples"]) == len(inputs["evals"]) == 6
-    assert inputs["bench"] == []
+def test_nothing_failed_means_nothing_is_forced(tmp_path):
+    assert records.failed_outputs("s", ["a"], ["t"], True, root=tmp_path) == []

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import LIMITS, copy_study, snakemake, tiny_config, write_config
+from tests.conftest import (
+    LIMITS,
+    ROOT,
+    break_save,
+    copy_study,
+    job,
+    jobs_in,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.workflow
 
@@ -146,26 +160,98 @@ def test_bad_config_stops_before_any_job(tmp_path, tokenizer_dir, calibration_fi
     assert not (tmp_path / "results").exists()
 
 
-def test_a_failing_arm_keeps_the_others(tiny_study, tmp_path):
-    """An arm that fails to build is reported; finished outputs of the other arms stay as they were."""
-    config = yaml.safe_load((tiny_study / "config.yaml").read_text())
-    # 48 does not divide the layers' 64 input columns: llm-compressor refuses this arm
-    config["arms"]["gptq_bad"] = {**config["arms"]["gptq"], "group_size": 48}
-    work = tiny_study
-    original = (work / "config.yaml").read_text()
-    before = {p: p.stat().st_mtime_ns for p in results(work).rglob("*") if p.is_file()}
-    try:
-        write_config(work, config)
-        proc = snakemake(work, "-c1", "--keep-going", check=False)
-    finally:
-        (work / "config.yaml").write_text(original)
-    assert proc.returncode != 0
-    assert "quantize" in proc.stderr and "gptq_bad" in proc.stderr
-    assert not (results(work) / "models" / "gptq_bad").exists()
-    log = (work / "logs" / "tiny" / "quantize" / "gptq_bad.log").read_text()
-    assert "divisible" in log or "group" in log
-    after = {p: p.stat().st_mtime_ns for p in before}
-    assert after == before, "finished outputs of other arms were touched"
+def mtimes(work: Path, skip: tuple[str, ...] = ()) -> dict[Path, int]:
+    """mtime of every file under results/, but those in folders named in skip."""
+    return {
+        p: p.stat().st_mtime_ns
+        for p in results(work).rglob("*")
+        if p.is_file() and p.parent.name not in skip
+    }
+
+
+ANALYSIS = {"aggregate", "aggregate_benchmarks", "compare", "report"}
+
+
+def test_a_failing_arm_is_reported_and_retried_by_the_next_run(tiny_study, tmp_path):
+    """One run: the arm that fails to build is shown with its reason while every other job and
+    the report finish, and no finished output is touched. The next plain run retries it."""
+    work = copy_study(tiny_study, tmp_path / "work")
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["arms"]["int8_b"] = {**config["arms"]["int8"], "threshold": 5.0}
+    write_config(work, config)
+    before = mtimes(work, skip=("tables", "report", "figures"))
+    snakemake(
+        work, "-c1", env=break_save(tmp_path, "int8_b")
+    )  # the run succeeds: no --keep-going needed
+
+    arm_dir = results(work) / "models" / "int8_b"
+    failure = json.loads((arm_dir / "quantize.json").read_text())
+    assert failure["status"] == "failed" and failure["stage"] == "quantize"
+    assert "RuntimeError: injected: the disk is full" in failure["reason"]
+    assert [p.name for p in arm_dir.iterdir()] == ["quantize.json"]
+    for task in LIMITS:  # its evaluations recorded at once that they could not run
+        ev = json.loads((results(work) / "eval" / "int8_b" / f"{task}.json").read_text())
+        assert ev["upstream"] and ev["reason"].startswith("not run: its quantize job failed")
+    decision = pd.read_csv(results(work) / "tables" / "decision.csv").set_index("arm")
+    assert decision.loc["int8_b", "status"] == f"missing: {failure['reason']}"
+    assert (decision.drop(index="int8_b")["status"] == "ok").all()
+    assert "injected: the disk is full" in (results(work) / "report/decision.html").read_text()
+    snakemake(work, "--report", str(tmp_path / "report.html"))  # the report of this run builds
+    assert "int8_b" in (tmp_path / "report.html").read_text()
+    assert "int8_b" not in set(pd.read_csv(results(work) / "tables" / "results.csv")["arm"])
+    assert {p: t for p, t in mtimes(work).items() if p in before} == before
+
+    # the next plain run, the cause gone, builds the arm and everything after it again
+    plan = jobs_in(snakemake(work, "-n", "-c1").stdout)
+    assert {r for r, _ in plan} == {"quantize", "evaluate", "benchmark"} | ANALYSIS
+    assert {dict(w)["arm"] for r, w in plan if r not in ANALYSIS} == {"int8_b"}
+    snakemake(work, "-c1")
+    record = json.loads((arm_dir / "quantize.json").read_text())
+    assert record["verified"]["quantized_modules"] == 14
+    decision = pd.read_csv(results(work) / "tables" / "decision.csv").set_index("arm")
+    assert decision.loc["int8_b", "status"] == "ok"
+    assert "Nothing to be done" in snakemake(work, "-n", "-c1").stdout
+
+
+def test_a_job_killed_midway_is_rerun_by_the_next_run(tiny_study, tmp_path):
+    """A job that dies without a word (SIGKILL) leaves nothing behind; the next plain run redoes
+    it, and the tables then hold every arm at the config's new limit."""
+    work = copy_study(tiny_study, tmp_path / "work")
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["tasks"]["demo_capitals"]["limit"] = 10
+    write_config(work, config)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+           "--configfile", str(work / "config.yaml"), "-c1", "--keep-going"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = None
+    deadline = time.monotonic() + 600
+    while killed is None and time.monotonic() < deadline and run.poll() is None:
+        for pid in os.listdir("/proc"):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if any(a.endswith(b".evaluate.py") for a in argv):
+                time.sleep(1)  # let it load the model
+                os.kill(int(pid), signal.SIGKILL)
+                killed = int(pid)
+                break
+        time.sleep(0.2)
+    output = run.communicate(timeout=1200)[0].decode()
+    assert killed is not None and run.returncode != 0, output[-3000:]
+    # which evaluation died: the one whose output is missing
+    missing = [(a, t) for a in config["arms"] for t in LIMITS
+               if not (results(work) / "eval" / a / f"{t}.json").exists()]  # fmt: skip
+    assert len(missing) == 1, missing
+    plan = jobs_in(snakemake(work, "-n", "-c1").stdout)
+    arm, task = missing[0]
+    assert job("evaluate", study="tiny", arm=arm, task=task) in plan
+    snakemake(work, "-c1")
+    table = pd.read_csv(results(work) / "tables" / "results.csv")
+    capitals = table[table["task"] == "demo_capitals"]
+    assert set(capitals["arm"]) == set(config["arms"]) and set(capitals["n"]) == {10}
+    assert "Nothing to be done" in snakemake(work, "-n", "-c1").stdout
 
 
 # A GPU out-of-memory, which this CPU cannot have: injected into the job's process by a
