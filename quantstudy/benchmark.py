@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .loading import bnb_cpu_record, cpu_capability, has_avx512bf16, load_arm
+from .loading import bnb_cpu_record, check_arm, cpu_capability, has_avx512bf16, load_arm
 
 log = logging.getLogger(__name__)
 
@@ -1110,11 +1110,15 @@ def _read_quantize_json(directory: Path) -> dict[str, Any] | None:
 
 
 def load_model(directory: Path | str, device: torch.device):
-    """Load a saved arm onto the device; returns (model, seconds, CUDA bytes allocated by it)."""
+    """Load a saved arm onto the device; returns (model, seconds, CUDA bytes allocated by it).
+
+    Its weight files are checked against its quantize.json first (`check_arm`, outside the
+    timed load: hashing is not loading)."""
+    check_arm(directory)
     _synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     start = time.perf_counter()
-    model = load_arm(directory, device)
+    model = load_arm(directory, device, check=False)
     _synchronize(device)
     seconds = time.perf_counter() - start
     allocated = torch.cuda.memory_allocated(device) - before if device.type == "cuda" else None

@@ -47,6 +47,34 @@ def has_failed(output: Path | str, log: Path | str, root: Path | str = ".") -> b
     return (root / log).exists() and not (root / output).exists()
 
 
+ERROR_CHARS = 300
+"""A failed job's error, as a missing output's reason gives it, is cut to this many characters."""
+
+
+def last_error(log: Path | str) -> str | None:
+    """The exception a failed job's log ends with, as "Type: message" (first line, cut to
+    ERROR_CHARS), or None when the log holds no traceback (`scripting.logged` writes one)."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call")]
+    if not starts:
+        return None
+    error = next((ln for ln in lines[starts[-1] + 1 :] if ln and not ln[0].isspace()), None)
+    if error is None:
+        return None
+    kind, colon, message = error.partition(":")
+    error = kind.rsplit(".", 1)[-1] + colon + message  # quantstudy.provenance.X -> X
+    return error if len(error) <= ERROR_CHARS else error[: ERROR_CHARS - 1] + "…"
+
+
+def _failed(what: str, log: str, root: Path | str) -> str:
+    """Why a failed job's output is missing: what failed, the error its log ends with, the log."""
+    error = last_error(Path(root) / log)
+    return f"{what} failed{f': {error}' if error else ''} (log: {log})"
+
+
 def _missing(stage: str, arm: str, task: str | None, reason: str) -> dict[str, Any]:
     return {"stage": stage, "arm": arm, "task": task, "reason": reason}
 
@@ -59,7 +87,8 @@ def missing_outputs(
     An arm whose quantize job failed has no model, evaluations or benchmark; an evaluation that
     failed, or that waits for the baseline's batch size (batch_size auto) when the baseline's run
     of the task failed, is missing; a benchmark that failed, or has no model (its own or the
-    baseline's) to measure, is missing. Paths are the workflow's, relative to ``root``.
+    baseline's) to measure, is missing. A failed job's reason quotes the error its log ends with
+    (`last_error`). Paths are the workflow's, relative to ``root``.
     """
     arms, tasks = list(config["arms"]), list(config["tasks"])
     missing = []
@@ -68,7 +97,7 @@ def missing_outputs(
         log = f"logs/{study}/quantize/{arm}.log"
         if has_failed(f"results/{study}/models/{arm}", log, root):
             no_model.add(arm)
-            missing.append(_missing("quantize", arm, None, f"quantize failed (log: {log})"))
+            missing.append(_missing("quantize", arm, None, _failed("quantize", log, root)))
     for task in tasks:
         base_failed = baseline in no_model or has_failed(
             f"results/{study}/eval/{baseline}/{task}.json",
@@ -81,7 +110,7 @@ def missing_outputs(
             if arm in no_model:
                 continue
             if has_failed(f"results/{study}/eval/{arm}/{task}.json", log, root):
-                reason = f"evaluation failed (log: {log})"
+                reason = _failed("evaluation", log, root)
             elif arm != baseline and waits_for_base and base_failed:
                 reason = "not evaluated: it takes the baseline's batch size, and that run failed"
             else:
@@ -93,7 +122,7 @@ def missing_outputs(
             if arm in no_model or baseline in no_model:
                 reason = "not benchmarked: no model to measure"
             elif has_failed(f"results/{study}/bench/{arm}.json", log, root):
-                reason = f"benchmark failed (log: {log})"
+                reason = _failed("benchmark", log, root)
             else:
                 continue
             missing.append(_missing("benchmark", arm, None, reason))
@@ -478,10 +507,8 @@ def run(
     evals = [json.loads(Path(p).read_text()) for p in eval_files]
     scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
     quant = load_quantize_records(model_dirs)
-    speeds = {}
-    for p in bench_files:
-        bench = json.loads(Path(p).read_text())
-        speeds[bench["arm"]] = decode_speed(bench)
+    benches = [json.loads(Path(p).read_text()) for p in bench_files]
+    speeds = {bench["arm"]: decode_speed(bench) for bench in benches}
     primary = analysis.get("primary_metrics") or {}
     decision, rec = decision_table(
         comparisons,

@@ -100,7 +100,8 @@ def shrink_batch(
 
 
 def load_model(model_dir: Path | str, device: str):
-    """The saved arm (as every stage loads it, quantstudy.loading) and its tokenizer."""
+    """The saved arm (as every stage loads it, quantstudy.loading: its weights checked against
+    its quantize.json first) and its tokenizer."""
     from transformers import AutoTokenizer
 
     return load_arm(model_dir, device), AutoTokenizer.from_pretrained(model_dir)

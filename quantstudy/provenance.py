@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,10 @@ PACKAGES = (
     "datasets",
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+ARM_RECORD = "quantize.json"
+"""The record beside a saved arm's weights; its `sha256` maps each weight file to its digest."""
+SOURCE_RECORD = "source.json"
+"""The record beside the prepared source's weights, with the same `sha256` map."""
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -42,6 +46,50 @@ def dir_weight_files(directory: Path | str) -> list[Path]:
 def sha256_files(files: Iterable[Path], root: Path | str) -> dict[str, str]:
     """SHA256 of each file, keyed by its path relative to root."""
     return {str(Path(f).relative_to(root)): sha256_file(f) for f in files}
+
+
+class WeightsChanged(ValueError):
+    """A model directory's weight files are not the ones its record lists (changed, missing or
+    added since the record was written)."""
+
+
+def check_weights(
+    directory: Path | str,
+    expected: Mapping[str, str] | None = None,
+    *,
+    record: str = ARM_RECORD,
+) -> dict[str, str]:
+    """Raise WeightsChanged unless the directory's weight files are exactly those `expected`
+    lists, with those SHA-256 digests; return the digests checked.
+
+    `expected` defaults to the `sha256` map of the directory's `record` (file names relative to
+    the directory, as `sha256_files` writes them). Every problem is named in the message: a
+    changed file (path, expected and found digest), a listed file that is missing, a weight file
+    that is not listed.
+    """
+    directory = Path(directory)
+    if expected is None:
+        path = directory / record
+        try:
+            expected = json.loads(path.read_text())["sha256"]
+        except (OSError, ValueError, KeyError) as error:
+            raise WeightsChanged(f"{path}: no SHA-256 record to check the weights against "
+                                 f"({type(error).__name__}: {error})") from error  # fmt: skip
+    found = {str(f.relative_to(directory)): f for f in dir_weight_files(directory)}
+    problems = []
+    for name, digest in sorted(expected.items()):
+        if name not in found:
+            problems.append(f"{directory / name}: missing (expected sha256 {digest})")
+        elif (actual := sha256_file(found[name])) != digest:
+            problems.append(f"{found[name]}: expected sha256 {digest}, found {actual}")
+    for name in sorted(set(found) - set(expected)):
+        problems.append(f"{found[name]}: not listed in {record} (found sha256 "
+                        f"{sha256_file(found[name])})")  # fmt: skip
+    if problems:
+        raise WeightsChanged(
+            f"the weights in {directory} are not the ones {record} lists: " + "; ".join(problems)
+        )
+    return dict(expected)
 
 
 def disk_bytes(files: Iterable[Path]) -> int:
