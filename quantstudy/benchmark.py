@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import torch
 
 from .loading import bnb_cpu_record, check_arm, cpu_capability, has_avx512bf16, load_arm
+from .provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -1675,6 +1676,7 @@ def run_benchmark(
         "modes": modes,
         "largest_batch": largest,
         "wall_s": time.perf_counter() - wall_start,
+        "code_version": code_version(),
     }
 
 
@@ -1723,6 +1725,7 @@ BENCH_SCHEMA: dict[str, Any] = {
         "modes",
         "largest_batch",
         "wall_s",
+        "code_version",
     ],
     "properties": {
         "schema": {"const": SCHEMA_ID},
@@ -1793,6 +1796,18 @@ BENCH_SCHEMA: dict[str, Any] = {
             "properties": {mode: {"$ref": "#/$defs/largest_batch"} for mode in MODES},
         },
         "wall_s": _NUM,
+        "code_version": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["version", "code_sha256", "commit", "dirty"],
+            "description": "the quant-study code that made this record (provenance.code_version)",
+            "properties": {
+                "version": _OPT_STR,
+                "code_sha256": {"type": "string"},
+                "commit": _OPT_STR,
+                "dirty": {"type": ["boolean", "null"]},
+            },
+        },
     },
     "$defs": {
         "stats": {

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import report, stats
 from .aggregate import load_quantize_records
+from .provenance import code_versions, mixed_code_warning
 from .report import VERDICT_PREFIX
 
 SAMPLES_SUFFIX = ".samples.jsonl"
@@ -527,6 +528,8 @@ def run(
     comparisons.to_csv(out["comparisons"], index=False)
     decision.to_csv(out["decision"], index=False)
     summary = report.summary_sentences(decision, rec, power, analysis, baseline)
+    outputs = report.study_outputs(None, None, quant, evals, benches)
+    summary = [w for w in [mixed_code_warning(code_versions(outputs))] if w] + summary
     Path(out["decision_html"]).write_text(
         report.decision_html(decision, comparisons, scores, summary, study)
     )

@@ -21,6 +21,7 @@ from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
 from .provenance import (
     SOURCE_RECORD,
     check_weights,
+    code_version,
     device_info,
     dir_weight_files,
     disk_bytes,
@@ -522,6 +523,7 @@ def quantize_arm(
         "reload_probe_rel_diff": probe_diff,
         "compression_check": saved_check,
         "versions": package_versions(),
+        "code_version": code_version(),
     }
     write_json(out_dir / "quantize.json", record)
     return record
