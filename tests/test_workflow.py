@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from quantstudy.provenance import sha256_file
 from tests.conftest import LIMITS, copy_study, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.workflow
@@ -208,6 +209,41 @@ def test_a_retry_after_an_out_of_memory_halves_the_batch(tiny_study, tmp_path):
         "demo_passage_qa ran at batch 2 (halved 1× after an out-of-memory), the baseline at 4"
     )
     assert decision.drop(index="fp4")["caveat"].isna().all()
+
+
+def test_changed_weights_stop_evaluate_and_mark_the_arm(tiny_study, tmp_path):
+    """A byte flipped in a saved arm (its mtime kept, as a silent corruption would): the arm's
+    evaluate job, rerun, fails before building a model, naming the file and both digests; the
+    decision table, built after it with `--keep-going`, shows why that evaluation is missing.
+    (It relies on compare's "a log and no output is a failed job", see compare.missing_outputs.)"""
+    work = copy_study(tiny_study, tmp_path / "work")
+    weights = results(work) / "models" / "int8" / "model.safetensors"
+    recorded = json.loads((weights.parent / "quantize.json").read_text())["sha256"]
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    target = "results/tiny/eval/int8/demo_passage_qa.json"
+    proc = snakemake(work, "-c1", "--forcerun", target, "--", target, check=False)
+    assert proc.returncode != 0
+    assert not (work / target).exists()
+    log = (work / "logs/tiny/eval/int8/demo_passage_qa.log").read_text()
+    assert (
+        f"WeightsChanged: the weights in results/tiny/models/int8 are not the ones quantize.json "
+        f"lists: results/tiny/models/int8/model.safetensors: expected sha256 "
+        f"{recorded['model.safetensors']}, found {sha256_file(weights)}"
+    ) in log
+    snakemake(work, "-c1", "--keep-going", "--", "results/tiny/tables/decision.csv")
+    decision = pd.read_csv(results(work) / "tables" / "decision.csv").set_index("arm")
+    status = decision.loc["int8", "status"]
+    assert status.startswith(
+        "incomplete: demo_passage_qa evaluation failed: WeightsChanged: the weights in "
+        "results/tiny/models/int8 are not the ones quantize.json lists"
+    ), status
+    assert status.endswith("(log: logs/tiny/eval/int8/demo_passage_qa.log)")
+    assert decision.loc["int8", "verdict:demo_passage_qa"] == "missing"
+    assert (decision.drop(index="int8")["status"] == "ok").all()
 
 
 def test_benchmark_table_has_every_arm_and_mode(tiny_study):
