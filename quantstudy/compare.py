@@ -527,9 +527,11 @@ def run(
     scores.to_csv(out["scores"], index=False)
     comparisons.to_csv(out["comparisons"], index=False)
     decision.to_csv(out["decision"], index=False)
-    summary = report.summary_sentences(decision, rec, power, analysis, baseline)
     outputs = report.study_outputs(None, None, quant, evals, benches)
-    summary = [w for w in [mixed_code_warning(code_versions(outputs))] if w] + summary
+    warning = mixed_code_warning(code_versions(outputs))
+    summary = ([warning] if warning else []) + report.summary_sentences(
+        decision, rec, power, analysis, baseline
+    )
     Path(out["decision_html"]).write_text(
         report.decision_html(decision, comparisons, scores, summary, study)
     )

@@ -96,9 +96,9 @@ def load_arm(
     directory: Path | str, device: str | torch.device, *, packed: bool = False, check: bool = True
 ):
     """A saved arm as every stage loads it: its weight files checked against its quantize.json
-    (`check_arm`; raises WeightsChanged before anything is loaded), dtype
-    and quantization from its own config, in eval mode, bitsandbytes' CPU path chosen (see
-    `set_bnb_cpu_path`) before any forward. `check=False` is for a caller that checked already."""
+    (`check_arm`; raises WeightsChanged before anything is loaded), dtype and quantization from
+    its own config, in eval mode, bitsandbytes' CPU path chosen (see `set_bnb_cpu_path`) before
+    any forward. `check=False` is for a caller that checked already."""
     from transformers import AutoModelForCausalLM
 
     if check:

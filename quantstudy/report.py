@@ -475,8 +475,8 @@ def provenance_html(prov: pd.DataFrame, study: str, config_yaml: str) -> str:
         "evaluation": "Batch size each evaluation ran with (the same for every arm of a task).",
         "packages": "Package versions recorded by the jobs, by stage.",
         "code": (
-            "The quant-study code each output was made by: version, git commit, and whether "
-            "tracked files of the workflow's code were edited (with a hash of the edit)."
+            "The quant-study code each output was made by: its version, a hash of its code "
+            "files, the git commit and whether a tracked code file was edited since."
         ),
     }
     warnings = prov[(prov["section"] == "code") & (prov["item"] == "warning")]["value"]
