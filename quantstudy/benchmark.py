@@ -42,7 +42,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from .loading import bnb_cpu_record, cpu_capability, has_avx512bf16, load_arm
+from .loading import bnb_cpu_record, check_arm, cpu_capability, has_avx512bf16, load_arm
+from .provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -1110,11 +1111,15 @@ def _read_quantize_json(directory: Path) -> dict[str, Any] | None:
 
 
 def load_model(directory: Path | str, device: torch.device):
-    """Load a saved arm onto the device; returns (model, seconds, CUDA bytes allocated by it)."""
+    """Load a saved arm onto the device; returns (model, seconds, CUDA bytes allocated by it).
+
+    Its weight files are checked against its quantize.json first (`check_arm`, outside the
+    timed load: hashing is not loading)."""
+    check_arm(directory)
     _synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     start = time.perf_counter()
-    model = load_arm(directory, device)
+    model = load_arm(directory, device, check=False)
     _synchronize(device)
     seconds = time.perf_counter() - start
     allocated = torch.cuda.memory_allocated(device) - before if device.type == "cuda" else None
@@ -1671,6 +1676,7 @@ def run_benchmark(
         "modes": modes,
         "largest_batch": largest,
         "wall_s": time.perf_counter() - wall_start,
+        "code_version": code_version(),
     }
 
 
@@ -1719,6 +1725,7 @@ BENCH_SCHEMA: dict[str, Any] = {
         "modes",
         "largest_batch",
         "wall_s",
+        "code_version",
     ],
     "properties": {
         "schema": {"const": SCHEMA_ID},
@@ -1789,6 +1796,18 @@ BENCH_SCHEMA: dict[str, Any] = {
             "properties": {mode: {"$ref": "#/$defs/largest_batch"} for mode in MODES},
         },
         "wall_s": _NUM,
+        "code_version": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["version", "code_sha256", "commit", "dirty"],
+            "description": "the quant-study code that made this record (provenance.code_version)",
+            "properties": {
+                "version": _OPT_STR,
+                "code_sha256": {"type": "string"},
+                "commit": _OPT_STR,
+                "dirty": {"type": ["boolean", "null"]},
+            },
+        },
     },
     "$defs": {
         "stats": {

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import records, report, stats
 from .aggregate import load_quantize_records
+from .provenance import code_versions, mixed_code_warning
 from .report import VERDICT_PREFIX
 
 SAMPLES_SUFFIX = ".samples.jsonl"
@@ -449,7 +450,8 @@ def run(
     evals = records.successes(eval_files)
     scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
     quant = load_quantize_records(model_dirs)
-    speeds = {b["arm"]: decode_speed(b) for b in records.successes(bench_files)}
+    benches = records.successes(bench_files)
+    speeds = {b["arm"]: decode_speed(b) for b in benches}
     primary = analysis.get("primary_metrics") or {}
     decision, rec = decision_table(
         comparisons,
@@ -467,7 +469,11 @@ def run(
     scores.to_csv(out["scores"], index=False)
     comparisons.to_csv(out["comparisons"], index=False)
     decision.to_csv(out["decision"], index=False)
-    summary = report.summary_sentences(decision, rec, power, analysis, baseline)
+    outputs = report.study_outputs(None, None, quant, evals, benches)
+    warning = mixed_code_warning(code_versions(outputs))
+    summary = ([warning] if warning else []) + report.summary_sentences(
+        decision, rec, power, analysis, baseline
+    )
     Path(out["decision_html"]).write_text(
         report.decision_html(decision, comparisons, scores, summary, study)
     )

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .loading import bnb_cpu_record, load_arm
-from .provenance import device_info, package_versions, write_json
+from .provenance import code_version, device_info, package_versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def shrink_batch(
 
 
 def load_model(model_dir: Path | str, device: str):
-    """The saved arm (as every stage loads it, quantstudy.loading) and its tokenizer."""
+    """The saved arm (as every stage loads it, quantstudy.loading: its weights checked against
+    its quantize.json first) and its tokenizer."""
     from transformers import AutoTokenizer
 
     return load_arm(model_dir, device), AutoTokenizer.from_pretrained(model_dir)
@@ -264,6 +265,7 @@ def evaluate(
         "configs": _jsonable(results.get("configs", {})),
         "device": device_info() | {"used": device} | bnb_cpu_record(model),
         "packages": package_versions(),
+        "code_version": code_version(),
     }
     write_json(out_json, summary)
     return summary

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .provenance import ARM_RECORD, check_weights
+
 # What `bnb_cpu_record` calls each path.
 REFERENCE, PACKED = "reference", "packed"
 
@@ -83,11 +85,24 @@ def bnb_cpu_record(model: torch.nn.Module | None = None) -> dict[str, Any]:
     }
 
 
-def load_arm(directory: Path | str, device: str | torch.device, *, packed: bool = False):
-    """A saved arm as every stage loads it: dtype and quantization from its own config, in eval
-    mode, bitsandbytes' CPU path chosen (see `set_bnb_cpu_path`) before any forward."""
+def check_arm(directory: Path | str) -> None:
+    """Check a saved arm's weight files against its quantize.json, when it has one: raises
+    WeightsChanged (naming each file, expected and found digest) when they differ."""
+    if (Path(directory) / ARM_RECORD).is_file():
+        check_weights(directory)
+
+
+def load_arm(
+    directory: Path | str, device: str | torch.device, *, packed: bool = False, check: bool = True
+):
+    """A saved arm as every stage loads it: its weight files checked against its quantize.json
+    (`check_arm`; raises WeightsChanged before anything is loaded), dtype and quantization from
+    its own config, in eval mode, bitsandbytes' CPU path chosen (see `set_bnb_cpu_path`) before
+    any forward. `check=False` is for a caller that checked already."""
     from transformers import AutoModelForCausalLM
 
+    if check:
+        check_arm(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, device_map=str(device), dtype="auto")
     model.eval()
     set_bnb_cpu_path(model, packed)

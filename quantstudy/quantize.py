@@ -19,6 +19,9 @@ import torch
 from .arms import DTYPES, STORAGE, Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
 from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
 from .provenance import (
+    SOURCE_RECORD,
+    check_weights,
+    code_version,
     device_info,
     dir_weight_files,
     disk_bytes,
@@ -446,14 +449,17 @@ def quantize_arm(
 ) -> dict[str, Any]:
     """Build, save, reload and verify one arm; write and return its quantize.json record.
 
-    The reloaded arm is verified from its state as loaded, before any forward runs on it (a
-    forward may repack bitsandbytes' 4-bit weights, see quantstudy.loading); then a fixed probe
-    compares its logits with the model that was saved. `bnb_cpu_packed` lets bitsandbytes' fused
-    AVX512-BF16 CPU path run (both models then compute in bf16); the workflow leaves it off.
+    The source's weight files are first checked against its source.json (WeightsChanged, before
+    anything is built or written, when they differ). The reloaded arm is verified from its state
+    as loaded, before any forward runs on it (a forward may repack bitsandbytes' 4-bit weights,
+    see quantstudy.loading); then a fixed probe compares its logits with the model that was
+    saved. `bnb_cpu_packed` lets bitsandbytes' fused AVX512-BF16 CPU path run (both models then
+    compute in bf16); the workflow leaves it off.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, out_dir = Path(source), Path(out_dir)
+    source_sha256 = check_weights(source, record=SOURCE_RECORD)
     device = device or default_device()
     tokenizer = AutoTokenizer.from_pretrained(source)
     start = time.perf_counter()
@@ -480,7 +486,9 @@ def quantize_arm(
     tokenizer.save_pretrained(out_dir)
     del model
     source_linears = linear_names(AutoModelForCausalLM.from_pretrained(source, device_map="meta"))
-    reloaded = load_arm(out_dir, device, packed=bnb_cpu_packed)
+    # the files were just written and are hashed into the record below; a quantize.json of an
+    # earlier build of out_dir must not be checked against them
+    reloaded = load_arm(out_dir, device, packed=bnb_cpu_packed, check=False)
     memory = memory_bytes(reloaded)  # as loaded: a repack changes the quant state's size
     facts = verify_arm(arm, reloaded, out_dir, source_linears)
     after = probe_logits(reloaded, tokenizer)
@@ -510,11 +518,12 @@ def quantize_arm(
         "disk_bytes": disk_bytes(files),
         "memory_bytes": memory,
         "sha256": sha256_files(files, out_dir),
-        "source_sha256": json.loads((source / "source.json").read_text())["sha256"],
+        "source_sha256": source_sha256,
         "verified": facts,
         "reload_probe_rel_diff": probe_diff,
         "compression_check": saved_check,
         "versions": package_versions(),
+        "code_version": code_version(),
     }
     write_json(out_dir / "quantize.json", record)
     return record

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from . import records
+from .provenance import code_label, code_version, code_versions, mixed_code_warning
 
 VERDICT_PREFIX = "verdict:"
 """Decision-table columns holding an arm's verdict on one task are named `verdict:<task>`."""
@@ -341,6 +342,42 @@ def decision_html(
 # --------------------------------------------------------------------------- provenance
 
 
+def study_outputs(
+    source: Mapping[str, Any] | None,
+    download: Mapping[str, Any] | None,
+    quant: Mapping[str, Mapping[str, Any]],
+    evals: Iterable[Mapping[str, Any]],
+    benches: Iterable[Mapping[str, Any]],
+) -> dict[str, Mapping[str, Any]]:
+    """The jobs' JSON records by their path under results/<study>/ (those that exist)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    if download:
+        out["download/download.json"] = download
+    if source:
+        out["source/source.json"] = source
+    out |= {f"models/{arm}/quantize.json": rec for arm, rec in quant.items()}
+    out |= {f"eval/{ev['arm']}/{ev['task']}.json": ev for ev in evals}
+    out |= {f"bench/{b['arm']}.json": b for b in benches}
+    return out
+
+
+def code_rows(
+    outputs: Mapping[str, Mapping[str, Any]], made_by: Mapping[str, Any] | None
+) -> list[tuple[str, str]]:
+    """(item, value) rows of the provenance's code section: a warning when the outputs came from
+    more than one code version, each version with the outputs it made, and the code that made
+    the tables and this page (`made_by`)."""
+    versions = code_versions(outputs)
+    rows = []
+    if warning := mixed_code_warning(versions):
+        rows.append(("warning", warning))
+    for label, names in versions.items():
+        made = ", ".join(names) if len(versions) > 1 else f"every output ({len(names)})"
+        rows.append((f"outputs made by {label}", made))
+    rows.append(("tables and report made by", code_label(made_by)))
+    return rows
+
+
 def provenance_rows(
     source: Mapping[str, Any] | None,
     download: Mapping[str, Any] | None,
@@ -348,12 +385,16 @@ def provenance_rows(
     evals: Iterable[Mapping[str, Any]],
     benches: Iterable[Mapping[str, Any]],
     config: Mapping[str, Any],
+    made_by: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """What was measured: model source and revision, weight hashes, versions, devices, config.
+    """What was measured: model source and revision, weight hashes, versions, devices, the
+    quant-study code each output was made by (flagging a mixture), config.
 
     One row per fact, with columns section, arm (empty for study-wide facts), item, value.
+    ``made_by`` is the code version of the job making the table (`provenance.code_version`).
     """
     rows: list[dict[str, Any]] = []
+    evals, benches = list(evals), list(benches)
 
     def add(section: str, arm: str, item: str, value: Any) -> None:
         if isinstance(value, dict | list):
@@ -402,6 +443,8 @@ def provenance_rows(
                 versions.setdefault((pkg.replace("_", "-"), "benchmark"), set()).add(str(dev[pkg]))
     for (pkg, stage), vers in sorted(versions.items()):
         add("packages", "", f"{pkg} ({stage})", ", ".join(sorted(vers)))
+    for item, value in code_rows(study_outputs(source, download, quant, evals, benches), made_by):
+        add("code", "", item, value)
     add("config", "", "config", config)
     return pd.DataFrame(rows, columns=PROVENANCE_COLUMNS)
 
@@ -443,7 +486,14 @@ def provenance_html(prov: pd.DataFrame, study: str, config_yaml: str) -> str:
         "devices": "The device each job ran on.",
         "evaluation": "Batch size each evaluation ran with (the same for every arm of a task).",
         "packages": "Package versions recorded by the jobs, by stage.",
+        "code": (
+            "The quant-study code each output was made by: its version, a hash of its code "
+            "files, the git commit and whether a tracked code file was edited since."
+        ),
     }
+    warnings = prov[(prov["section"] == "code") & (prov["item"] == "warning")]["value"]
+    if not warnings.empty:
+        sections.append(("Mixed code versions", str(warnings.iloc[0]), ""))
     for section, rows in prov[prov["section"] != "config"].groupby("section", sort=False):
         sections.append(
             (section, captions.get(str(section), ""), html_table(rows.drop(columns="section")))
@@ -488,6 +538,7 @@ def write_provenance(
         records.successes(eval_files),
         records.successes(bench_files),
         config,
+        code_version(),
     )
     prov.to_csv(out_csv, index=False)
     config_yaml = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)

@@ -17,7 +17,7 @@ import torch
 
 from .arms import DTYPES
 from .config import resolve_path
-from .provenance import dir_weight_files, sha256_files, write_json
+from .provenance import code_version, dir_weight_files, sha256_files, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def download_model(repo_id: str, revision: str, out_dir: Path | str) -> dict[str
         "commit": Path(path).name,
         "snapshot": str(Path(path).relative_to(out_dir)),
         "seconds": time.perf_counter() - start,
+        "code_version": code_version(),
     }
     write_json(out_dir / "download.json", record)
     return record
@@ -60,7 +61,13 @@ def download_dataset(
     ds = datasets.load_dataset(
         name, config_name, split=split, cache_dir=str(cache_dir) if cache_dir else None
     )
-    return {"dataset": name, "config_name": config_name, "split": split, "rows": len(ds)}
+    return {
+        "dataset": name,
+        "config_name": config_name,
+        "split": split,
+        "rows": len(ds),
+        "code_version": code_version(),
+    }
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
@@ -170,6 +177,7 @@ def prepare_model(
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": time.perf_counter() - start,
         "sha256": sha256_files(dir_weight_files(out_dir), out_dir),
+        "code_version": code_version(),
     }
     if spec["source"] == "hub":
         record["download"] = json.loads((Path(download_dir) / "download.json").read_text())

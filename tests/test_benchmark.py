@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from quantstudy import benchmark as bm
+from quantstudy.provenance import dir_weight_files, sha256_files
 
 SMALL = bm.SMALL_SETTINGS
 # Only the cheapest scenario, for the tests that look at one mechanism.
@@ -71,7 +72,9 @@ def dirs(tmp_path_factory):
     _save_w4a16(out["baseline"], out["w4a16"])
     methods = {"baseline": "baseline", "nf4": "bnb-4bit", "w4a16": "gptq"}
     for name, path in out.items():
-        (path / "quantize.json").write_text(json.dumps({"arm": name, "method": methods[name]}))
+        sha256 = sha256_files(dir_weight_files(path), path)  # every load checks them
+        record = {"arm": name, "method": methods[name], "sha256": sha256}
+        (path / "quantize.json").write_text(json.dumps(record))
     return out
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from quantstudy.provenance import sha256_file
 from tests.conftest import (
     LIMITS,
     ROOT,
@@ -294,6 +295,40 @@ def test_a_retry_after_an_out_of_memory_halves_the_batch(tiny_study, tmp_path):
         "demo_passage_qa ran at batch 2 (halved 1× after an out-of-memory), the baseline at 4"
     )
     assert decision.drop(index="fp4")["caveat"].isna().all()
+
+
+def test_changed_weights_stop_evaluate_and_mark_the_arm(tiny_study, tmp_path):
+    """A byte flipped in a saved arm (its mtime kept, as a silent corruption would): the arm's
+    evaluate job, rerun, stops before building a model, naming the file and both digests, and
+    records the failure; the decision table shows why that evaluation is missing."""
+    work = copy_study(tiny_study, tmp_path / "work")
+    weights = results(work) / "models" / "int8" / "model.safetensors"
+    recorded = json.loads((weights.parent / "quantize.json").read_text())["sha256"]
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    target = "results/tiny/eval/int8/demo_passage_qa.json"
+    snakemake(work, "-c1", "--forcerun", target, "--", target)
+    failure = json.loads((work / target).read_text())
+    assert failure["status"] == "failed" and not failure["upstream"]
+    log = (work / "logs/tiny/eval/int8/demo_passage_qa.log").read_text()
+    assert (
+        f"WeightsChanged: the weights in results/tiny/models/int8 are not the ones quantize.json "
+        f"lists: results/tiny/models/int8/model.safetensors: expected sha256 "
+        f"{recorded['model.safetensors']}, found {sha256_file(weights)}"
+    ) in log
+    snakemake(work, "-c1", "--", "results/tiny/tables/decision.csv")
+    decision = pd.read_csv(results(work) / "tables" / "decision.csv").set_index("arm")
+    status = decision.loc["int8", "status"]
+    assert status.startswith(
+        "incomplete: demo_passage_qa evaluate failed: WeightsChanged: the weights in "
+        "results/tiny/models/int8 are not the ones quantize.json lists"
+    ), status
+    assert status.endswith("(log: logs/tiny/eval/int8/demo_passage_qa.log)")
+    assert decision.loc["int8", "verdict:demo_passage_qa"] == "missing"
+    assert (decision.drop(index="int8")["status"] == "ok").all()
 
 
 def test_benchmark_table_has_every_arm_and_mode(tiny_study):
