@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from quantstudy import benchmark as bm
+from quantstudy.benchmark.isolation import largest_batch_isolated
+from quantstudy.benchmark.search import next_probe
 from quantstudy.provenance import dir_weight_files, sha256_files
 
 SMALL = bm.SMALL_SETTINGS
@@ -526,7 +528,7 @@ def test_isolated_job_measures_the_baseline_at_the_arms_largest_batch(dirs):
 def test_largest_batch_in_a_child_process_survives_a_dying_child(tmp_path):
     """A search whose process dies (here: the arm cannot even load) is recorded, not raised."""
     settings = bm.resolve_settings(bm.SMALL_SETTINGS)
-    result = bm._largest_batch_isolated(
+    result = largest_batch_isolated(
         tmp_path / "no-such-arm", "eager", settings, torch.device("cpu")
     )
     assert result["supported"] is False
@@ -569,7 +571,7 @@ def test_a_search_that_dies_keeps_the_largest_batch_that_ran(dirs, tmp_path, mon
     settings = bm.resolve_settings(
         {**bm.SMALL_SETTINGS, "largest_batch": {**bm.SMALL_SETTINGS["largest_batch"], "limit": 8}}
     )
-    result = bm._largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
+    result = largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
     jsonschema.validate(
         {"eager": result},
         bm.BENCH_SCHEMA["properties"]["largest_batch"] | {"$defs": bm.BENCH_SCHEMA["$defs"]},
@@ -591,7 +593,7 @@ def test_a_search_that_dies_keeps_the_largest_batch_that_ran(dirs, tmp_path, mon
 def test_a_search_that_dies_at_the_first_batch_is_unsupported(dirs, tmp_path, monkeypatch):
     _kill_children_above(0, tmp_path, monkeypatch)
     settings = bm.resolve_settings(bm.SMALL_SETTINGS)
-    result = bm._largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
+    result = largest_batch_isolated(dirs["baseline"], "eager", settings, torch.device("cpu"))
     assert result["supported"] is False and result["batch_size"] == 0
     assert "exit code 1 at batch 1 " in result["reason"]
     (row,) = _rows_of_largest_batch(result)  # recorded, not dropped
@@ -606,7 +608,7 @@ def test_next_probe_replays_the_search(cap, start, limit):
     for k in range(len(tried) + 1):
         probes = [{"batch_size": b, "fits": b <= cap} for b in tried[:k]]
         expected = tried[k] if k < len(tried) else None
-        assert bm._next_probe(probes, start, limit) == expected
+        assert next_probe(probes, start, limit) == expected
 
 
 def test_largest_batch_in_a_child_process_finds_the_limit(dirs):
@@ -616,7 +618,7 @@ def test_largest_batch_in_a_child_process_finds_the_limit(dirs):
             "largest_batch": {**bm.SMALL_SETTINGS["largest_batch"], "modes": ["eager"]},
         }
     )
-    result = bm._largest_batch_isolated(dirs["nf4"], "eager", settings, torch.device("cpu"))
+    result = largest_batch_isolated(dirs["nf4"], "eager", settings, torch.device("cpu"))
     assert result["supported"] is True
     jsonschema.validate(
         {"eager": result},
@@ -636,13 +638,14 @@ def test_largest_batch_child_runs_from_a_script_main(dirs, tmp_path):
     script.write_text(
         "import json, sys, torch\n"
         "from quantstudy import benchmark as bm\n"
+        "from quantstudy.benchmark.isolation import largest_batch_isolated\n"
         "if __name__ != '__main__':\n"
         "    raise SystemExit('the job script was re-run in the child')\n"
         "s = bm.resolve_settings({**bm.SMALL_SETTINGS, 'largest_batch': {**bm.SMALL_SETTINGS['largest_batch'], 'modes': ['eager']}})\n"
-        f"r = bm._largest_batch_isolated({str(dirs['baseline'])!r}, 'eager', s, torch.device('cpu'))\n"
+        f"r = largest_batch_isolated({str(dirs['baseline'])!r}, 'eager', s, torch.device('cpu'))\n"
         "print(json.dumps(r))\n"
     )
-    root = str(Path(bm.__file__).resolve().parent.parent)
+    root = str(Path(bm.__file__).resolve().parents[2])
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           env={**__import__("os").environ, "PYTHONPATH": root}, check=True)  # fmt: skip
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,0 +1,89 @@
+"""Speed and memory of one arm, measured beside the baseline in the same job (benchmark stage).
+
+One job loads the arm and the baseline, and measures them alternately (A B A B … per scenario
+repeat, A = arm, B = baseline) so that clock, thermal and neighbour drift hits both alike; the
+arm's speed is reported in absolute units and as a ratio to the baseline of the same job.
+
+Scenarios, each in two execution modes:
+- ``eager``: ``model.generate`` with the dynamic cache, greedy; prefill is one forward.
+- ``static``: an own decode loop over transformers' ``StaticCache``; on CUDA each forward is
+  ``torch.compile(mode="reduce-overhead", fullgraph=True)``d (CUDA graphs), on the CPU it runs
+  uncompiled unless the settings say otherwise. The JSON says which (``compiled``).
+
+Measured: prefill latency (batch 1, several prompt lengths), decode latency (ms per generated
+token, prefill excluded), generation throughput at several batch sizes, the largest batch that
+fits (doubling, then bisection; an out-of-memory error is a measurement), memory (footprint,
+peak allocated/reserved per scenario on CUDA), load time, bytes on disk, and a decode roofline:
+weight bytes read per token / memory bandwidth measured in the same job by a device-to-device
+copy. A mode an arm cannot run is recorded as ``{"supported": false, "reason": ...}``.
+
+Compressed-tensors arms (GPTQ/AWQ) decompress to dense weights on their first forward (done in
+a warm-up right after loading, so memory and speed are those of what actually runs); the
+no-op wrappers that decompression leaves on every module are then removed
+(``remove_noop_wrappers``; recorded per model, switchable in the settings).
+
+The package is cut by responsibility, as optimum-benchmark's is (each module says what it holds):
+`settings` (what is measured, how often), `timing` (timer, interleaving, statistics, bandwidth),
+`weights` (footprint, weight bytes per token, kernels), `backend` (loading an arm, warm-up,
+no-op wrappers), `modes` (eager and static runners), `scenarios` (prefill, decode, throughput,
+interleaved), `search` (the largest batch that fits), `isolation` (that search in a child
+process), `assemble` (raw results into the record's modes), `job` (`run_benchmark`) and `record`
+(the schema, and the one reader and writer of benchmark records). The device record is
+`quantstudy.device`'s, shared with every stage.
+
+The names below are imported on first use, so that reading records (`record`) does not import
+torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "run_benchmark": "job",
+    "load_model": "backend",
+    "remove_noop_wrappers": "backend",
+    "DEFAULT_SETTINGS": "settings",
+    "SMALL_SETTINGS": "settings",
+    "MODES": "settings",
+    "resolve_settings": "settings",
+    "Timer": "timing",
+    "interleave": "timing",
+    "measure_bandwidth": "timing",
+    "paired_ratios": "timing",
+    "ratio_to_baseline": "timing",
+    "stats": "timing",
+    "footprint": "weights",
+    "linear_layers": "weights",
+    "weight_bytes": "weights",
+    "weight_bytes_excluded": "weights",
+    "EagerRunner": "modes",
+    "ModeSpec": "modes",
+    "StaticRunner": "modes",
+    "make_runner": "modes",
+    "mode_spec": "modes",
+    "prompt_ids": "scenarios",
+    "throughput": "scenarios",
+    "time_decode": "scenarios",
+    "time_prefill": "scenarios",
+    "largest_batch": "search",
+    "BENCH_SCHEMA": "record",
+    "SCHEMA_ID": "record",
+}
+"""Public names of the package and the module each lives in."""
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

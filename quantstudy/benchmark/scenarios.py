@@ -1,0 +1,281 @@
+"""What is measured: prefill latency, decode latency and generation throughput, each of one or
+two models measured alternately (A B A B … per repeat, A = arm, B = baseline) so that clock,
+thermal and neighbour drift hits both alike. An out-of-memory error is a measurement (`oom`);
+any other error is recorded and drops that model from the mode's remaining scenarios."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import torch
+
+from .modes import ModeSpec, Sample, make_runner, mode_spec
+from .settings import MODES, scenario_counts
+from .timing import Memory, Timer, TimerFn, free_memory, interleave, max_memory, stats, synchronize
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def prompt_ids(vocab_size: int, batch: int, length: int, seed: int) -> torch.Tensor:
+    """Fixed prompts: token ids from a seeded generator over the vocabulary (same for every arm;
+    the first rows of a larger batch equal the rows of a smaller one)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=generator, dtype=torch.long)
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def new_result(warmup: int, repeats: int) -> dict[str, Any]:
+    return {
+        "values": {},
+        "memory": None,
+        "oom": False,
+        "error": None,
+        "first_call_s": None,
+        "warmup": warmup,
+        "repeats": repeats,
+    }
+
+
+def attempt(result: dict[str, Any], fn: Callable[[], T], device: torch.device) -> T | None:
+    """fn(), unless this model already failed or ran out of memory here; an out-of-memory error is
+    recorded (`oom`) and memory freed, any other error recorded (`error`)."""
+    if result["oom"] or result["error"]:
+        return None
+    oom = False
+    try:
+        return fn()
+    except Exception as error:  # noqa: BLE001 - recorded, the caller decides
+        if is_oom(error):
+            oom = True
+        else:
+            log.exception("measurement failed")
+            result["error"] = f"{type(error).__name__}: {error}"
+    if oom:  # outside the except block, so the traceback's tensors can be freed
+        result["oom"] = True
+        free_memory(device, full=True)
+    return None
+
+
+def _contest(
+    models: Mapping[str, Any],
+    spec: ModeSpec,
+    make: Callable[[Any], Sample],
+    warmup: int,
+    repeats: int,
+    timer: TimerFn,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Measure one scenario on every model: warm-ups, then `repeats` timed samples interleaved in
+    the mapping's order. Returns {"order": [name per timed call], "results": {name: result}}."""
+    if spec.compiled:
+        warmup = max(warmup, 3)  # compile + eager run, CUDA-graph recording, first replay
+    runners = {name: make_runner(model, spec) for name, model in models.items()}
+    results = {name: new_result(warmup, repeats) for name in models}
+    order: list[str] = []
+    samples: dict[str, Sample | None] = {}
+    try:
+        for name, runner in runners.items():
+            samples[name] = attempt(results[name], lambda r=runner: make(r), device)
+
+        def one(name: str) -> tuple[dict[str, float], Memory | None] | None:
+            sample = samples[name]
+            if sample is None:
+                return None
+            return attempt(results[name], lambda: sample(timer), device)
+
+        for i in range(warmup):
+            for name in runners:
+                start = time.perf_counter()
+                if one(name) is not None and i == 0:
+                    synchronize(device)
+                    results[name]["first_call_s"] = time.perf_counter() - start
+
+        def timed(name: str) -> Callable[[], Any]:
+            def call():
+                out = one(name)
+                if out is not None:
+                    order.append(name)
+                return out
+
+            return call
+
+        outcomes = interleave({name: timed(name) for name in runners}, repeats)
+        for name, outs in outcomes.items():
+            done = [o for o in outs if o is not None]
+            values: dict[str, list[float]] = {}
+            for sample_values, _ in done:
+                for key, value in sample_values.items():
+                    values.setdefault(key, []).append(value)
+            results[name]["values"] = values
+            results[name]["memory"] = max_memory(*(memory for _, memory in done))
+    finally:
+        samples.clear()  # the samples hold the caches: drop them before freeing memory
+        for runner in runners.values():
+            runner.release()
+        del runners
+        free_memory(device)
+    return {"order": order, "results": results}
+
+
+def time_prefill(
+    models: Mapping[str, Any],
+    ids: torch.Tensor,
+    *,
+    spec: ModeSpec | None = None,
+    warmup: int = 3,
+    repeats: int = 5,
+    timer: TimerFn | None = None,
+) -> dict[str, Any]:
+    """Prefill latency (ms) of a prompt batch `ids`, models measured alternately."""
+    device = ids.device
+    spec = spec or ModeSpec("eager")
+    return _contest(
+        models, spec, lambda r: r.prefill(ids), warmup, repeats, timer or Timer(device), device
+    )
+
+
+def time_decode(
+    models: Mapping[str, Any],
+    ids: torch.Tensor,
+    new_tokens: int,
+    *,
+    spec: ModeSpec | None = None,
+    warmup: int = 3,
+    repeats: int = 5,
+    timer: TimerFn | None = None,
+) -> dict[str, Any]:
+    """Decode latency, ms per generated token with prefill excluded: eager subtracts a 1-token
+    generate from a `new_tokens` one and divides by new_tokens - 1; static times the decode
+    steps of its own loop alone."""
+    device = ids.device
+    return _contest(
+        models,
+        spec or ModeSpec("eager"),
+        lambda r: r.decode(ids, new_tokens),
+        warmup,
+        repeats,
+        timer or Timer(device),
+        device,
+    )
+
+
+def throughput(
+    models: Mapping[str, Any],
+    ids: torch.Tensor,
+    new_tokens: int,
+    *,
+    spec: ModeSpec | None = None,
+    warmup: int = 3,
+    repeats: int = 5,
+    timer: TimerFn | None = None,
+) -> dict[str, Any]:
+    """Generation throughput: batch × new_tokens / time of the whole generation (prefill included)."""
+    device = ids.device
+    return _contest(
+        models,
+        spec or ModeSpec("eager"),
+        lambda r: r.generate(ids, new_tokens),
+        warmup,
+        repeats,
+        timer or Timer(device),
+        device,
+    )
+
+
+def _scenario_plan(settings: Mapping[str, Any], mode: str) -> list[tuple]:
+    """The scenarios of a mode, in the order they run: ("prefill", L), ("decode",), ("throughput", B)."""
+    plan: list[tuple] = []
+    if mode in settings["prefill"]["modes"]:
+        plan += [("prefill", length) for length in settings["prefill"]["prompt_lengths"]]
+    if mode in settings["decode"]["modes"]:
+        plan.append(("decode",))
+    if mode in settings["throughput"]["modes"]:
+        plan += [("throughput", batch) for batch in settings["throughput"]["batch_sizes"]]
+    return plan
+
+
+def _run_scenario(key: tuple, models, spec, settings, vocab, timer, device) -> dict[str, Any]:
+    seed = settings["seed"]
+    if key[0] == "prefill":
+        warmup, repeats = scenario_counts(settings, "prefill")
+        ids = prompt_ids(vocab, settings["prefill"]["batch_size"], key[1], seed).to(device)
+        return time_prefill(models, ids, spec=spec, warmup=warmup, repeats=repeats, timer=timer)
+    if key[0] == "decode":
+        sec = settings["decode"]
+        warmup, repeats = scenario_counts(settings, "decode")
+        ids = prompt_ids(vocab, sec["batch_size"], sec["prompt_length"], seed).to(device)
+        return time_decode(
+            models, ids, sec["new_tokens"], spec=spec, warmup=warmup, repeats=repeats, timer=timer
+        )
+    sec = settings["throughput"]
+    warmup, repeats = scenario_counts(settings, "throughput")
+    ids = prompt_ids(vocab, key[1], sec["prompt_length"], seed).to(device)
+    return throughput(
+        models, ids, sec["new_tokens"], spec=spec, warmup=warmup, repeats=repeats, timer=timer
+    )
+
+
+def run_modes(models: Mapping[str, Any], settings, vocab, timer, device) -> dict[str, Any]:
+    """Every planned scenario of every mode, models interleaved. A model that fails (not out of
+    memory) in a mode is dropped from that mode's remaining scenarios; its reason is kept."""
+    raw: dict[str, Any] = {}
+    for mode in MODES:
+        plan = _scenario_plan(settings, mode)
+        if not plan:
+            continue
+        spec = mode_spec(mode, settings, device)
+        active = dict(models)
+        failures: dict[str, str] = {}
+        scenarios: dict[tuple, Any] = {}
+        for key in plan:
+            if not active:
+                break
+            log.info("mode %s, scenario %s: %s", mode, key, ", ".join(active))
+            scenario = _run_scenario(key, active, spec, settings, vocab, timer, device)
+            scenarios[key] = scenario
+            for name, result in scenario["results"].items():
+                if result["error"]:
+                    failures[name] = f"{'/'.join(map(str, key))}: {result['error']}"
+                    active.pop(name)
+                    log.warning("%s cannot run mode %s: %s", name, mode, failures[name])
+        raw[mode] = {"spec": spec, "failures": failures, "scenarios": scenarios, "plan": plan}
+    return raw
+
+
+def merge_raw(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Raw results of two sequential runs (one model each) as one."""
+    merged = {}
+    for mode, a in first.items():
+        b = second[mode]
+        scenarios = {}
+        for key in a["plan"]:
+            parts = [s for s in (a["scenarios"].get(key), b["scenarios"].get(key)) if s]
+            if parts:
+                scenarios[key] = {
+                    "order": [n for p in parts for n in p["order"]],
+                    "results": {n: r for p in parts for n, r in p["results"].items()},
+                }
+        merged[mode] = a | {"failures": a["failures"] | b["failures"], "scenarios": scenarios}
+    return merged
+
+
+def model_entry(result: dict[str, Any]) -> dict[str, Any]:
+    entry = {key: stats(values) for key, values in result["values"].items()}
+    entry.update(
+        memory=result["memory"],
+        oom=result["oom"],
+        first_call_s=result["first_call_s"],
+        warmup=result["warmup"],
+        repeats=result["repeats"],
+    )
+    return entry

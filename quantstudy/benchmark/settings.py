@@ -1,0 +1,123 @@
+"""What a benchmark job measures and how often: the default settings, and a job's own overlaid on
+them (an unknown key or a bad value fails naming it)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+MODES = ("eager", "static")
+# Letters of the `order` strings: which model each timed call measured.
+LETTERS = {"arm": "A", "baseline": "B"}
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "seed": 0,  # prompts: token ids drawn from torch.Generator().manual_seed(seed) over the vocab
+    "warmup": 3,  # untimed calls per model and scenario (>= 3 where compiled: compile, record, replay)
+    "repeats": 5,  # timed calls per model and scenario, interleaved A B A B …
+    "interleave": "auto",  # true: both models resident; false: one after the other; auto: true unless it does not fit
+    "remove_noop_wrappers": True,  # compressed-tensors wrappers that change nothing (remove_noop_wrappers)
+    "prefill": {
+        "modes": ["eager", "static"],
+        "batch_size": 1,
+        "prompt_lengths": [128, 256, 512, 1024, 2048],
+        "warmup": None,  # None: the top-level value
+        "repeats": None,
+    },
+    "decode": {
+        "modes": ["eager", "static"],
+        "batch_size": 1,
+        "prompt_length": 128,
+        "new_tokens": 128,
+        "warmup": None,
+        "repeats": None,
+    },
+    "throughput": {
+        "modes": ["eager", "static"],
+        "batch_sizes": [1, 4, 8, 16, 32, 64],
+        "prompt_length": 128,
+        "new_tokens": 128,
+        "warmup": None,
+        "repeats": None,
+    },
+    "largest_batch": {
+        "modes": ["eager"],
+        "start": 1,
+        "limit": 4096,  # the search stops here (hit_limit: true)
+        "prompt_length": 128,
+        "new_tokens": 128,
+        "warmup": 1,  # for the throughput measured at the batch found
+        "repeats": 3,
+        # run the search in a child process: some kernels (bitsandbytes int8 at large batches)
+        # end the process on a CUDA error instead of raising; auto = on CUDA only
+        "isolate": "auto",
+    },
+    "static": {
+        "compile": "auto",  # auto: on CUDA only
+        "compile_mode": "reduce-overhead",
+        "backend": "inductor",  # another torch.compile backend ("eager": tracing only) ignores compile_mode
+        "dynamic": False,  # passed to torch.compile; False compiles one graph per shape
+        "compile_prefill": True,  # false: prefill forwards run eager, decode steps compiled
+    },
+    "bandwidth": {
+        "bytes": None,  # size of each of the two buffers; None: 1 GiB on CUDA, 256 MiB on the CPU
+        "warmup": 3,
+        "repeats": 10,
+    },
+}
+
+# Small enough for a 2-core CPU and a tiny model: the tests and CPU smoke runs use these.
+SMALL_SETTINGS: dict[str, Any] = {
+    "warmup": 1,
+    "repeats": 2,
+    "prefill": {"prompt_lengths": [8, 16]},
+    "decode": {"prompt_length": 8, "new_tokens": 4},
+    "throughput": {"batch_sizes": [1, 2], "prompt_length": 8, "new_tokens": 4},
+    "largest_batch": {"limit": 4, "prompt_length": 8, "new_tokens": 4, "repeats": 2},
+    "bandwidth": {"bytes": 16 << 20, "warmup": 1, "repeats": 3},
+}
+
+
+def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULT_SETTINGS overlaid with `settings`; an unknown key or a bad value raises ValueError."""
+    out = copy.deepcopy(DEFAULT_SETTINGS)
+    _overlay(out, settings or {}, "settings")
+    for section in ("prefill", "decode", "throughput", "largest_batch"):
+        bad = set(out[section]["modes"]) - set(MODES)
+        if bad:
+            raise ValueError(f"settings.{section}.modes: {sorted(bad)} not among {list(MODES)}")
+    for section in ("decode", "throughput", "largest_batch"):
+        if out[section]["new_tokens"] < 2:
+            raise ValueError(f"settings.{section}.new_tokens must be >= 2 (decode needs a step)")
+    if out["interleave"] not in ("auto", True, False):
+        raise ValueError("settings.interleave: one of 'auto', true, false")
+    if out["static"]["compile"] not in ("auto", True, False):
+        raise ValueError("settings.static.compile: one of 'auto', true, false")
+    return out
+
+
+def _overlay(base: dict, new: Mapping[str, Any], path: str) -> None:
+    for key, value in new.items():
+        if key not in base:
+            raise ValueError(f"{path}.{key}: unknown setting (known: {', '.join(base)})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{path}.{key}: expected a mapping, got {value!r}")
+            _overlay(base[key], value, f"{path}.{key}")
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def scenario_counts(settings: Mapping[str, Any], section: str) -> tuple[int, int]:
+    """(warmup, repeats) of a scenario section, falling back to the top-level values."""
+    sec = settings[section]
+    warmup = settings["warmup"] if sec.get("warmup") is None else sec["warmup"]
+    repeats = settings["repeats"] if sec.get("repeats") is None else sec["repeats"]
+    return int(warmup), int(repeats)
+
+
+def settings_at_batch(settings: Mapping[str, Any], batch: int) -> dict[str, Any]:
+    """A copy of the settings whose largest-batch search tries exactly `batch`."""
+    out = copy.deepcopy(dict(settings))
+    out["largest_batch"] = {**out["largest_batch"], "start": batch, "limit": batch}
+    return out
