@@ -1,7 +1,9 @@
 """What a job ran on: one device record for every stage (quantize, evaluate, benchmark).
 
 The device, its memory, driver, CUDA and library versions, the CPU (its model and the kernel
-level torch and bitsandbytes use there) and, on CUDA, the clocks and power limit by NVML."""
+level torch and bitsandbytes use there) and, on CUDA, the clocks and power limit by NVML. The
+benchmark schema's `device` (schemas/benchmark.schema.yaml) describes it; quantize.json and the
+evaluation JSONs add `used` (the device string the job was given) and `bnb_cpu_path`."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from .loading import cpu_capability, has_avx512bf16
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to measure on: the given one, else cuda:<current> when a GPU is visible, else cpu."""
+    """The device a job runs on: the given one, else cuda:<current> when a GPU is visible, else
+    cpu; a bare "cuda" becomes cuda:<current>."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -25,10 +28,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def device_record(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on: device, memory, driver, CUDA, library versions, clocks."""
-    from .provenance import device_info, package_versions
+def device_record(device: str | torch.device | None) -> dict[str, Any]:
+    """What a job ran on (see `resolve_device`): device, memory, driver, CUDA, library versions,
+    the CPU, clocks."""
+    from .provenance import package_versions
 
+    device = resolve_device(device)
     versions = package_versions(("torch", "transformers", "bitsandbytes", "compressed-tensors"))
     record: dict[str, Any] = {
         "device_kind": device.type,
@@ -55,7 +60,7 @@ def device_record(device: torch.device) -> dict[str, Any]:
             total_memory_bytes=props.total_memory,
             capability=f"{props.major}.{props.minor}",
             multiprocessors=props.multi_processor_count,
-            driver=device_info().get("driver"),
+            driver=_nvml_driver(),
         )
         record["clocks"] = _nvml_clocks(props)
     else:
@@ -78,6 +83,25 @@ def _host_memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _nvml_driver() -> str | None:
+    """The NVIDIA driver's version, by NVML; None if unreadable."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVML is optional
+        return None
+    try:
+        return pynvml.nvmlSystemGetDriverVersion()
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _nvml_clocks(props) -> dict[str, Any] | None:

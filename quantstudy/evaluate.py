@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from .device import device_record
 from .loading import bnb_cpu_record, load_arm
-from .provenance import code_version, device_info, package_versions, write_json
+from .memory import is_out_of_memory
+from .provenance import code_version, package_versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +55,6 @@ def earlier_attempts(log_path: Path | str, attempt: int) -> list[dict[str, Any]]
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """A GPU out-of-memory (torch's OutOfMemoryError) or a failed host allocation."""
-    words = str(error).lower()
-    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
-        w in words for w in ("out of memory", "not enough memory")
-    )
 
 
 @contextlib.contextmanager
@@ -263,7 +257,7 @@ def evaluate(
         "n-samples": _jsonable(results.get("n-samples", {})),
         "versions": _jsonable(results.get("versions", {})),
         "configs": _jsonable(results.get("configs", {})),
-        "device": device_info() | {"used": device} | bnb_cpu_record(model),
+        "device": device_record(device) | {"used": device} | bnb_cpu_record(model),
         "packages": package_versions(),
         "code_version": code_version(),
     }

@@ -488,7 +488,7 @@ def quantize_time_data(
                 "arm": arm,
                 "method": (rec or {}).get("method", spec.get("method")),
                 "seconds": float(rec["seconds"]) if rec else math.nan,
-                "device": ((rec or {}).get("device") or {}).get("device_name"),
+                "device": ((rec or {}).get("device") or {}).get("name"),
                 "built": rec is not None,
             }
         )

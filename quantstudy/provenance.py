@@ -1,4 +1,5 @@
-"""What was measured, exactly: file hashes, package versions, the device, the code that ran."""
+"""What was measured, exactly: file hashes, package versions, the code that ran (the device a
+job ran on: quantstudy.device)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -244,39 +244,6 @@ def mixed_code_warning(versions: Mapping[str, list[str]]) -> str:
         f"Warning: these outputs were made by {len(versions)} different versions of quant-study's "
         "code (the provenance page lists which output came from which); rerun the stale ones."
     )
-
-
-def device_info() -> dict[str, Any]:
-    """The device a job ran on: GPU name and memory, CUDA and driver, or the CPU."""
-    import torch
-
-    from .loading import cpu_capability, has_avx512bf16
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_capability": cpu_capability(),
-        "bnb_avx512bf16": has_avx512bf16(),
-    }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(
-            device_kind="cuda",
-            device_name=props.name,
-            device_memory_bytes=props.total_memory,
-            cuda=torch.version.cuda,
-        )
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            info["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:  # noqa: BLE001 - nvml is optional
-            info["driver"] = None
-    else:
-        info.update(device_kind="cpu", device_name=info["cpu"])
-    return info
 
 
 def write_json(path: Path | str, obj: Any) -> None:

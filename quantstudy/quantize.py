@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from .arms import DTYPES, STORAGE, Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+from .device import device_record
 from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
+from .memory import footprint
 from .provenance import (
     SOURCE_RECORD,
     check_weights,
     code_version,
-    device_info,
     dir_weight_files,
     disk_bytes,
     package_versions,
@@ -39,38 +40,6 @@ PROBE_TEXT = "The capital of France is Paris. The capital of Italy is"
 def default_device() -> str:
     """cuda when a GPU is visible, else cpu."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def memory_bytes(model: torch.nn.Module) -> dict[str, int]:
-    """Bytes the model holds in memory: parameters, buffers, and bitsandbytes 4-bit quant states."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    quant_state = 0
-    for module in model.modules():
-        state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is None:
-            continue
-        for tensor in _quant_state_tensors(state):
-            quant_state += tensor.numel() * tensor.element_size()
-    return {
-        "parameters": params,
-        "buffers": buffers,
-        "quant_state": quant_state,
-        "total": params + buffers + quant_state,
-    }
-
-
-def _quant_state_tensors(state) -> list[torch.Tensor]:
-    out = [
-        t for t in (getattr(state, "absmax", None), getattr(state, "code", None)) if t is not None
-    ]
-    nested = getattr(state, "state2", None)
-    if nested is not None:
-        out += _quant_state_tensors(nested)
-    offset = getattr(state, "offset", None)
-    if isinstance(offset, torch.Tensor):
-        out.append(offset)
-    return out
 
 
 def linear_names(model: torch.nn.Module) -> list[str]:
@@ -489,7 +458,7 @@ def quantize_arm(
     # the files were just written and are hashed into the record below; a quantize.json of an
     # earlier build of out_dir must not be checked against them
     reloaded = load_arm(out_dir, device, packed=bnb_cpu_packed, check=False)
-    memory = memory_bytes(reloaded)  # as loaded: a repack changes the quant state's size
+    memory = footprint(reloaded)  # as loaded: a repack changes the quant state's size
     facts = verify_arm(arm, reloaded, out_dir, source_linears)
     after = probe_logits(reloaded, tokenizer)
     probe_diff = float((after - before).abs().max() / before.abs().max().clamp_min(1e-6))
@@ -514,7 +483,7 @@ def quantize_arm(
         "bits": arm.bits,
         "parameters": arm.params(),
         "seconds": seconds,
-        "device": device_info() | {"used": device} | bnb_cpu_record(reloaded),
+        "device": device_record(device) | {"used": device} | bnb_cpu_record(reloaded),
         "disk_bytes": disk_bytes(files),
         "memory_bytes": memory,
         "sha256": sha256_files(files, out_dir),

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from . import records
+from .memory import fmt_bytes
 from .provenance import code_label, code_version, code_versions, mixed_code_warning
 
 VERDICT_PREFIX = "verdict:"
@@ -25,13 +26,6 @@ PROVENANCE_COLUMNS = ["section", "arm", "item", "value"]
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def fmt_bytes(n: float) -> str:
-    """A byte count in MiB/GiB ("–" when unknown)."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "–"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def fmt_ratio(x: float) -> str:
@@ -460,17 +454,16 @@ def _installed_version(package: str) -> str:
 
 
 def _device_text(device: Mapping[str, Any] | None) -> str:
-    """A device record in a few words: kind, name, memory, CUDA/driver where known."""
+    """A device record (quantstudy.device) in a few words: kind, name, memory, CUDA and driver on
+    a GPU."""
     if not device:
         return "unknown"
-    kind = device.get("device_kind") or ("cuda" if device.get("cuda") else "cpu")
-    name = device.get("device_name") or device.get("name") or device.get("cpu") or "?"
-    parts = [f"{kind}: {name}"]
-    mem = device.get("device_memory_bytes") or device.get("total_memory_bytes")
-    if mem:
-        parts.append(fmt_bytes(float(mem)))
+    kind = device.get("device_kind") or "?"
+    parts = [f"{kind}: {device.get('name') or '?'}"]
+    if device.get("total_memory_bytes"):
+        parts.append(fmt_bytes(float(device["total_memory_bytes"])))
     for key in ("cuda", "driver"):
-        if device.get(key):
+        if kind == "cuda" and device.get(key):
             parts.append(f"{key} {device[key]}")
     if device.get("used"):
         parts.append(f"used {device['used']}")

@@ -44,6 +44,8 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 
+from .memory import fmt_bytes as _fmt_bytes
+
 __all__ = [
     "BINARY_VALUES",
     "COMPARISON_COLUMNS",
@@ -1307,11 +1309,6 @@ def _as_decision_rows(rows: Any) -> list[DecisionRow]:
             )
         )
     return out
-
-
-def _fmt_bytes(n: float) -> str:
-    """A byte count in GiB/MiB."""
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def recommend(decision_rows: Any, rule: str) -> Recommendation:

@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 
 from quantstudy.arms import parse_arm
-from quantstudy.quantize import linear_names, memory_bytes, quantize_arm
+from quantstudy.memory import footprint
+from quantstudy.quantize import linear_names, quantize_arm
 
 HIDDEN, INTER, LAYERS = 64, 128, 2  # tests/data/tiny-llama.json
 # (name, in_features, out_features) of every quantized Linear of one layer (lm_head is skipped)
@@ -239,7 +240,7 @@ def test_memory_accounting(built, tiny_source):
     from transformers import AutoModelForCausalLM
 
     src = AutoModelForCausalLM.from_pretrained(tiny_source, device_map="cpu")
-    assert memory_bytes(src)["total"] == sum(p.numel() * 4 for p in src.parameters()) + sum(
+    assert footprint(src)["total"] == sum(p.numel() * 4 for p in src.parameters()) + sum(
         b.numel() * b.element_size() for b in src.buffers()
     )
     mem = {n: record(d)["memory_bytes"] for n, d in built.items()}
@@ -255,3 +256,7 @@ def test_memory_accounting(built, tiny_source):
     assert {s.absmax.dtype for s in states} == {torch.uint8}
     assert sum(s.absmax.numel() for s in states) == n_linear // 64
     assert len(linear_names(src)) == N_QUANTIZED + 1
+    # int8 holds one fp32 scale per output row (SCB) beside its int8 weights
+    rows = sum(fout for _, fout in LAYER_LINEARS.values()) * LAYERS
+    assert mem["int8"]["quant_state"] == rows * 4
+    assert mem["int8"]["parameters"] == dense + n_linear

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 
 from ..device import device_record, resolve_device
+from ..memory import is_out_of_memory
 from ..provenance import code_version
 from .assemble import assemble_mode
 from .backend import check_vocab, load_model, model_record, name_of, vocab_size
 from .isolation import largest_batch_isolated
 from .modes import mode_spec
 from .record import SCHEMA_ID
-from .scenarios import is_oom, merge_raw, prompt_ids, run_modes
+from .scenarios import merge_raw, prompt_ids, run_modes
 from .search import largest_batch_for
 from .settings import resolve_settings, settings_at_batch
 from .timing import Timer, TimerFn, free_memory, measure_bandwidth
@@ -90,7 +91,7 @@ def run_benchmark(
             load("baseline", baseline_dir)
             load("arm", arm_dir)
         except Exception as error:  # noqa: BLE001 - only running out of memory falls back
-            if not is_oom(error) or settings["interleave"] is True:
+            if not is_out_of_memory(error) or settings["interleave"] is True:
                 raise
             strategy_reason = (
                 f"arm and baseline do not fit together: {type(error).__name__}: {error}"

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..memory import is_out_of_memory
 from .modes import ModeSpec, Sample, make_runner, mode_spec
 from .settings import MODES, scenario_counts
 from .timing import Memory, Timer, TimerFn, free_memory, interleave, max_memory, stats, synchronize
@@ -26,12 +27,6 @@ def prompt_ids(vocab_size: int, batch: int, length: int, seed: int) -> torch.Ten
     the first rows of a larger batch equal the rows of a smaller one)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, length), generator=generator, dtype=torch.long)
-
-
-def is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
 
 
 def new_result(warmup: int, repeats: int) -> dict[str, Any]:
@@ -55,7 +50,7 @@ def attempt(result: dict[str, Any], fn: Callable[[], T], device: torch.device) -
     try:
         return fn()
     except Exception as error:  # noqa: BLE001 - recorded, the caller decides
-        if is_oom(error):
+        if is_out_of_memory(error):
             oom = True
         else:
             log.exception("measurement failed")

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from .. import memory
+
 
 def footprint(model: torch.nn.Module) -> dict[str, int]:
-    """Bytes in memory: parameters, buffers, bitsandbytes quant states (4-bit absmax/code, int8
-    row scales SCB), and their total."""
-    from ..quantize import memory_bytes
-
-    counted = memory_bytes(model)
-    scales = sum(
-        p.SCB.numel() * p.SCB.element_size()
-        for p in model.parameters()
-        if isinstance(getattr(p, "SCB", None), torch.Tensor)
-    )
-    quant_state = counted["quant_state"] + scales
-    return {
-        "parameters_bytes": counted["parameters"],
-        "buffers_bytes": counted["buffers"],
-        "quant_state_bytes": quant_state,
-        "total_bytes": counted["parameters"] + counted["buffers"] + quant_state,
-    }
+    """`quantstudy.memory.footprint` (the one definition every stage uses) with the record's
+    key names: parameters_bytes, buffers_bytes, quant_state_bytes, total_bytes."""
+    return {f"{key}_bytes": value for key, value in memory.footprint(model).items()}
 
 
 def _untied_input_embedding_bytes(model: torch.nn.Module) -> int:
