@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from . import records
+from .benchmark.record import read_many as read_benchmarks
 
 RESULT_COLUMNS = [
     "arm", "method", "bits", "task", "metric", "filter", "value", "stderr", "n", "batch_size",
@@ -232,6 +233,6 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
 def collect_benchmarks(bench_files: Iterable[Path | str]) -> pd.DataFrame:
     """The benchmark table from every `bench/{arm}.json`."""
     rows = []
-    for bench in records.successes(bench_files):
+    for bench in read_benchmarks(bench_files):
         rows += bench_rows(bench)
     return pd.DataFrame(rows, columns=BENCH_COLUMNS)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import records, report, stats
 from .aggregate import load_quantize_records
+from .benchmark.record import read_many as read_benchmarks
 from .provenance import code_versions, mixed_code_warning
 from .report import VERDICT_PREFIX
 
@@ -450,7 +451,7 @@ def run(
     evals = records.successes(eval_files)
     scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
     quant = load_quantize_records(model_dirs)
-    benches = records.successes(bench_files)
+    benches = read_benchmarks(bench_files)
     speeds = {b["arm"]: decode_speed(b) for b in benches}
     primary = analysis.get("primary_metrics") or {}
     decision, rec = decision_table(

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from . import records
+from .benchmark.record import read_many as read_benchmarks
 from .memory import fmt_bytes
 from .provenance import code_label, code_version, code_versions, mixed_code_warning
 
@@ -529,7 +530,7 @@ def write_provenance(
         read_json(source_dir.parent / "download" / "download.json"),
         quant,
         records.successes(eval_files),
-        records.successes(bench_files),
+        read_benchmarks(bench_files),
         config,
         code_version(),
     )

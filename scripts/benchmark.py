@@ -5,9 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from quantstudy.benchmark import run_benchmark  # noqa: E402
+from quantstudy.benchmark import record, run_benchmark  # noqa: E402
 from quantstudy.gpus import lease  # noqa: E402
-from quantstudy.provenance import write_json  # noqa: E402
 from quantstudy.records import check_inputs, quantize_record_path, recording_failure  # noqa: E402
 from quantstudy.scripting import logged  # noqa: E402
 
@@ -38,4 +37,4 @@ with (
             arm_name=getattr(snakemake.wildcards, "arm", None),  # noqa: F821
             baseline_name=getattr(params, "baseline", None),
         )
-        write_json(snakemake.output[0], result)  # noqa: F821
+        record.write(snakemake.output[0], result)  # noqa: F821

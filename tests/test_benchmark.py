@@ -183,7 +183,8 @@ def test_prompts_are_fixed_and_shared():
     assert torch.equal(a, bm.prompt_ids(512, 4, 16, seed=0))
     assert torch.equal(a[:1], bm.prompt_ids(512, 1, 16, seed=0))
     assert not torch.equal(a, bm.prompt_ids(512, 4, 16, seed=1))
-    assert int(a.min()) >= 0 and int(a.max()) < 512
+    # token ids an embedding takes, shaped (batch, length); their range is randint's to keep
+    assert a.shape == (4, 16) and a.dtype == torch.long
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -650,3 +651,44 @@ def test_largest_batch_child_runs_from_a_script_main(dirs, tmp_path):
                           env={**__import__("os").environ, "PYTHONPATH": root}, check=True)  # fmt: skip
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["supported"] is True and result["batch_size"] == 4
+
+
+# --- the record: one reader and writer, the schema checked both ways --------------------------
+
+
+def test_the_record_is_checked_when_written_and_read(nf4_result, tmp_path):
+    from quantstudy import records
+    from quantstudy.benchmark import record
+
+    path = tmp_path / "bench" / "nf4.json"
+    record.write(path, nf4_result)
+    assert record.read(path) == json.loads(json.dumps(nf4_result))
+    broken = json.loads(path.read_text())
+    broken["models"]["arm"]["footprint"]["total_bytes"] = -1
+    path.write_text(json.dumps(broken))
+    with pytest.raises(record.InvalidRecord, match=r"nf4\.json.*models\.arm\.footprint"):
+        record.read(path)
+    # a record that does not match is not written, but kept beside for a look
+    with pytest.raises(record.InvalidRecord):
+        record.write(tmp_path / "bench" / "int8.json", broken)
+    assert not (tmp_path / "bench" / "int8.json").exists()
+    assert json.loads((tmp_path / "bench" / "int8.invalid.json").read_text()) == broken
+    # a failed job's failure record: returned by read, left out by read_many, as records does
+    failed = tmp_path / "bench" / "fp4.json"
+    failed.write_text(json.dumps({"status": "failed", "stage": "benchmark", "arm": "fp4"}))
+    assert records.is_failure(record.read(failed))
+    record.write(path, nf4_result)
+    assert [r["arm"] for r in record.read_many([failed, path])] == ["nf4"]
+
+
+def test_reading_records_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, quantstudy.aggregate, quantstudy.compare, quantstudy.report, "
+        "quantstudy.benchmark.record; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    root = Path(bm.__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

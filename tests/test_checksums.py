@@ -387,7 +387,7 @@ def test_the_decision_page_warns_of_mixed_code(tmp_path):
                     TASKS, "fp32", ANALYSIS, "synthetic", out)  # fmt: skip
         return out["decision_html"].read_text()
 
-    assert "Warning" not in run()  # one code version (none recorded)
+    assert "Warning" not in run()  # one code version
     edited = files["evals"][0]
     edited.write_text(json.dumps(json.loads(edited.read_text()) | {"code_version": versioned("a")}))
     assert "Warning: these outputs were made by 2 different versions" in run()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from quantstudy import aggregate, compare, records, report, stats
+from quantstudy.benchmark.record import SCHEMA_ID
 
 # --------------------------------------------------------------------------- builders
 
@@ -41,48 +42,97 @@ def outcomes(seed: int = 0) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     return out
 
 
+CODE_VERSION = {"version": "0.1.0", "code_sha256": "d" * 64, "commit": None, "dirty": None}
+"""The code version every synthetic record carries (one version: no mixed-code warning)."""
+
+
+def _stat(v: float) -> dict:
+    return {"median": v, "min": 0.9 * v, "max": 1.1 * v, "n": 3, "samples": [0.9 * v, v, 1.1 * v]}
+
+
+def _result(**values) -> dict:
+    """One model's summary in a scenario (schemas/benchmark.schema.yaml's model_result)."""
+    return {**values, "memory": None, "oom": False, "first_call_s": None, "warmup": 1,
+            "repeats": 3}  # fmt: skip
+
+
+def _model(arm: str) -> dict:
+    """A loaded model's record (the schema's model)."""
+    fp = {"parameters_bytes": MEMORY[arm], "buffers_bytes": 0, "quant_state_bytes": 0,
+          "total_bytes": MEMORY[arm]}  # fmt: skip
+    return {"name": arm, "dir": f"models/{arm}", "method": ARMS[arm]["method"], "quantize": None,
+            "dtype": "float32", "load_s": 1.0, "disk_bytes": MEMORY[arm] + 10,
+            "weights_disk_bytes": MEMORY[arm], "footprint_after_load": fp, "footprint": fp,
+            "weight_bytes_per_token": MEMORY[arm], "weight_bytes_excluded": {},
+            "layers_after_load": {}, "layers": {}, "removed_wrappers": {},
+            "cuda_allocated_after_load_bytes": None, "cuda_allocated_after_warmup_bytes": None,
+            "bnb_cpu_path": None}  # fmt: skip
+
+
 def bench_record(
     arm: str, baseline: str, arm_ms: float, base_ms: float, static: bool = True
 ) -> dict:
-    """A minimal bench/{arm}.json: decode, prefill and throughput in eager (and static) mode."""
+    """A bench/{arm}.json that matches the schema: decode, prefill and throughput in eager (and
+    static) mode, with made-up timings."""
 
     def mode(supported: bool) -> dict:
         if not supported:
             return {"supported": False, "reason": "not on this device"}
-        stat = lambda v: {"median": v, "min": 0.9 * v, "max": 1.1 * v, "n": 3}  # noqa: E731
         return {
-            "supported": True,
+            "supported": True, "reason": None, "compiled": False, "compile_mode": None,
+            "prefill_compiled": False, "description": "synthetic", "baseline_supported": True,
+            "baseline_reason": None,
             "decode": {
-                "batch_size": 1,
-                "prompt_length": 8,
-                "new_tokens": 4,
-                "arm": {"ms_per_token": stat(arm_ms), "roofline_ms": 1.0,
-                        "roofline_fraction": 1.0 / arm_ms},
-                "baseline": {"ms_per_token": stat(base_ms)},
-                "time_ratio": arm_ms / base_ms,
+                "batch_size": 1, "prompt_length": 8, "new_tokens": 4, "order": "ABABAB",
+                "arm": _result(ms_per_token=_stat(arm_ms), roofline_ms=1.0,
+                               roofline_fraction=1.0 / arm_ms),
+                "baseline": _result(ms_per_token=_stat(base_ms)),
+                "time_ratio": arm_ms / base_ms, "paired_time_ratio": None,
             },
             "prefill": [
-                {"batch_size": 1, "prompt_length": p, "arm": {"ms": stat(p * arm_ms / 10)},
-                 "baseline": {"ms": stat(p * base_ms / 10)}, "time_ratio": arm_ms / base_ms}
+                {"batch_size": 1, "prompt_length": p, "order": "ABABAB",
+                 "arm": _result(ms=_stat(p * arm_ms / 10)),
+                 "baseline": _result(ms=_stat(p * base_ms / 10)), "time_ratio": arm_ms / base_ms,
+                 "paired_time_ratio": None}
                 for p in (8, 16)
             ],
             "throughput": [
-                {"batch_size": b, "prompt_length": 8, "new_tokens": 4,
-                 "arm": {"tokens_per_s": stat(1000 * b / arm_ms)},
-                 "baseline": {"tokens_per_s": stat(1000 * b / base_ms)},
-                 "throughput_ratio": base_ms / arm_ms}
+                {"batch_size": b, "prompt_length": 8, "new_tokens": 4, "order": "ABABAB",
+                 "arm": _result(tokens_per_s=_stat(1000 * b / arm_ms)),
+                 "baseline": _result(tokens_per_s=_stat(1000 * b / base_ms)),
+                 "throughput_ratio": base_ms / arm_ms, "paired_throughput_ratio": None}
                 for b in (1, 2)
             ],
         }  # fmt: skip
 
+    device = {"device_kind": "cpu", "name": "test cpu", "total_memory_bytes": None,
+              "driver": None, "cuda": None, "torch": "2.13.0", "transformers": None,
+              "bitsandbytes": None, "compressed_tensors": None, "cpu_model": "test cpu",
+              "cpu_capability": "DEFAULT", "bnb_avx512bf16": False, "clocks": None}  # fmt: skip
     return {
+        "schema": SCHEMA_ID,
         "arm": arm,
         "baseline": baseline,
         "is_baseline": arm == baseline,
         "device_kind": "cpu",
-        "device": {"name": "test cpu"},
-        "models": {"arm": {"method": ARMS[arm]["method"]}},
+        "device": device,
+        "settings": {},
+        "interleaving": {
+            "strategy": "single" if arm == baseline else "interleaved",
+            "reason": None,
+            "letters": {"A": "arm", "B": "baseline"},
+        },  # fmt: skip
+        "bandwidth": {
+            "method": "synthetic",
+            "buffer_bytes": 1,
+            "bytes_moved_per_copy": 2,
+            "gb_per_s": None,
+        },  # fmt: skip
+        "models": {"arm": _model(arm), "baseline": None if arm == baseline else _model(baseline)},
         "modes": {"eager": mode(True), "static": mode(static)},
+        "largest_batch": {},
+        "wall_s": 1.0,
+        "code_version": CODE_VERSION,
     }
 
 
@@ -103,8 +153,9 @@ def make_study(root: Path) -> dict[str, list[Path]]:
                 f.write(json.dumps(rec) + "\n")
         hib = {task: {m: True for m in metrics}}
         (d / f"{task}.json").write_text(
-            json.dumps({"arm": arm, "task": task, "higher_is_better": hib})
-        )
+            json.dumps({"arm": arm, "task": task, "higher_is_better": hib,
+                        "code_version": CODE_VERSION})
+        )  # fmt: skip
         files["samples"].append(samples)
         files["evals"].append(d / f"{task}.json")
     for arm, mem in MEMORY.items():
@@ -114,7 +165,7 @@ def make_study(root: Path) -> dict[str, list[Path]]:
         rec = {"arm": arm, "method": ARMS[arm]["method"], "bits": 4, "parameters": params,
                "memory_bytes": {"total": mem}, "disk_bytes": mem + 10, "seconds": 1.5,
                "sha256": {"model.safetensors": f"sha-{arm}"}, "device": {"device_kind": "cpu"},
-               "versions": {"torch": "2.13.0"}}  # fmt: skip
+               "versions": {"torch": "2.13.0"}, "code_version": CODE_VERSION}  # fmt: skip
         (d / "quantize.json").write_text(json.dumps(rec))
         files["models"].append(d)
         b = root / "bench" / f"{arm}.json"

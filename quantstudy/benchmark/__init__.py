@@ -28,8 +28,9 @@ The package is cut by responsibility, as optimum-benchmark's is (each module say
 no-op wrappers), `modes` (eager and static runners), `scenarios` (prefill, decode, throughput,
 interleaved), `search` (the largest batch that fits), `isolation` (that search in a child
 process), `assemble` (raw results into the record's modes), `job` (`run_benchmark`) and `record`
-(the schema, and the one reader and writer of benchmark records). The device record is
-`quantstudy.device`'s, shared with every stage.
+(the schema, and the one reader and writer of benchmark records). The device record
+(`quantstudy.device`), the memory footprint and the out-of-memory predicate (`quantstudy.memory`)
+are shared with every stage.
 
 The names below are imported on first use, so that reading records (`record`) does not import
 torch.

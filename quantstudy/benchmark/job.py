@@ -37,7 +37,8 @@ def run_benchmark(
     baseline_name: str | None = None,
     timer: TimerFn | None = None,
 ) -> dict[str, Any]:
-    """Benchmark one arm beside the baseline; returns the record that BENCH_SCHEMA describes.
+    """Benchmark one arm beside the baseline; returns the record that
+    schemas/benchmark.schema.yaml describes (`record.write` checks and writes it).
 
     `timer` replaces the device timer (tests inject a fake clock); names default to quantize.json's
     `arm`, else the directory's name."""

@@ -30,6 +30,7 @@ def prompt_ids(vocab_size: int, batch: int, length: int, seed: int) -> torch.Ten
 
 
 def new_result(warmup: int, repeats: int) -> dict[str, Any]:
+    """An empty result of one model in one scenario, filled by `attempt` and `_contest`."""
     return {
         "values": {},
         "memory": None,
@@ -265,6 +266,7 @@ def merge_raw(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """A model's result as the record holds it (the schema's model_result): stats per value."""
     entry = {key: stats(values) for key, values in result["values"].items()}
     entry.update(
         memory=result["memory"],

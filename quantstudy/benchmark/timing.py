@@ -61,6 +61,7 @@ def paired_ratios(arm: Sequence[float], baseline: Sequence[float]) -> dict[str, 
 
 
 def per_second(count: int, ms: float) -> float:
+    """A count per second from milliseconds (a zero time counts as a microsecond)."""
     return count / (max(ms, 1e-6) / 1e3)
 
 
@@ -75,11 +76,13 @@ def free_memory(device: torch.device, full: bool = False) -> None:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (on CUDA; the CPU runs synchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def max_memory(*records: dict[str, int] | None) -> dict[str, int] | None:
+    """The key-wise maximum of memory records (None ones skipped); None when there are none."""
     records = [r for r in records if r]
     if not records:
         return None
