@@ -26,11 +26,14 @@ def footprint(model: torch.nn.Module) -> dict[str, int]:
         state = getattr(getattr(module, "weight", None), "quant_state", None)
         if state is not None:
             quant_state += sum(_nbytes(t) for t in _quant_state_tensors(state))
-    quant_state += sum(
-        _nbytes(p.SCB)
-        for p in model.parameters()
-        if isinstance(getattr(p, "SCB", None), torch.Tensor)
-    )
+    # int8's row scales sit on the weight until the layer's first forward moves them to its state
+    scales = {
+        id(scb): scb
+        for module in model.modules()
+        for holder in (getattr(module, "weight", None), getattr(module, "state", None))
+        if isinstance(scb := getattr(holder, "SCB", None), torch.Tensor)
+    }
+    quant_state += sum(_nbytes(scb) for scb in scales.values())
     return {
         "parameters": params,
         "buffers": buffers,

@@ -72,3 +72,25 @@ def test_bytes_are_written_in_mib_or_gib():
     assert fmt_bytes(3 * 2**20) == "3.0 MiB"
     assert fmt_bytes(2**30) == "1.00 GiB"
     assert fmt_bytes(None) == fmt_bytes(math.nan) == "–"
+
+
+def test_int8_row_scales_count_before_and_after_the_first_forward(tmp_path):
+    """bitsandbytes moves int8's scales (SCB) from the weight to the layer's state on its first
+    forward; the footprint counts them once, wherever they are."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    int8 = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu"
+    )
+    rows = 64 + 32 + 32 + 64 + 128 + 128 + 64  # output rows of one layer's seven Linears
+    before = footprint(int8)
+    assert before["quant_state"] == rows * 4  # one fp32 scale per row
+    with torch.inference_mode():
+        int8(input_ids=torch.zeros((1, 4), dtype=torch.long))
+    layer = int8.model.layers[0].self_attn.q_proj
+    assert layer.weight.SCB is None and layer.state.SCB is not None  # moved, as described
+    assert footprint(int8) == before
