@@ -692,3 +692,17 @@ def test_reading_records_does_not_import_torch():
     )
     root = Path(bm.__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_a_search_that_died_is_a_valid_record(tmp_path):
+    """What a dead search records beside its reason (batch_size, limit, probes) is in the schema,
+    so the job's record is written, not refused."""
+    settings = bm.resolve_settings(bm.SMALL_SETTINGS)
+    result = largest_batch_isolated(
+        tmp_path / "no-such-arm", "eager", settings, torch.device("cpu")
+    )
+    assert set(result) == {"supported", "reason", "batch_size", "limit", "probes"}
+    jsonschema.validate(
+        {"eager": result},
+        bm.BENCH_SCHEMA["properties"]["largest_batch"] | {"$defs": bm.BENCH_SCHEMA["$defs"]},
+    )
