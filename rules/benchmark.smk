@@ -15,6 +15,7 @@ rule benchmark:
         runtime=60,
         attempt=get_attempt,
     params:
+        retry=get_retry,
         settings=lookup(dpath="benchmark/settings", within=config),
         baseline=BASELINE,
     script:

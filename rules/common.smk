@@ -42,17 +42,19 @@ def is_benchmarked():
 
 
 # A job that fails on its last attempt leaves a failure record as its output, so the rest of
-# the study and its report finish (quantstudy.records). Each new run forces those jobs, and all
-# after them, to run again: a failure is never remembered across runs. Only the main process
-# decides what runs; jobs inherit how many attempts they get.
-if workflow.is_main_process:
-    retries = workflow.execution_settings.retries if workflow.execution_settings else 0
-    os.environ[qrecords.ATTEMPTS_ENV] = str(retries + 1)
-    FAILED_OUTPUTS = qrecords.failed_outputs(STUDY, ARMS, TASKS, is_benchmarked())
-    if FAILED_OUTPUTS:
-        workflow.dag_settings.forcerun = frozenset(
-            workflow.dag_settings.forcerun
-        ) | set(FAILED_OUTPUTS)
+# the study and its report finish (quantstudy.records); its `retry` param makes the next run
+# run it again. Jobs need to know whether an attempt is their last: the main process tells them
+# when it starts running jobs (its settings are not known yet while this file is read).
+onstart:
+    if workflow.is_main_process:
+        os.environ[qrecords.ATTEMPTS_ENV] = str(
+            workflow.execution_settings.retries + 1
+        )
+
+
+def get_retry(wildcards, output):
+    """The job's `retry` param: changes once while its output is a failure record."""
+    return qrecords.retry_token(qrecords.record_of(output[0]))
 
 
 def get_attempt(wildcards, attempt):

@@ -15,6 +15,7 @@ rule quantize:
         runtime=120,
         attempt=get_attempt,
     params:
+        retry=get_retry,
         arm=get_arm,
     script:
         "../scripts/quantize.py"

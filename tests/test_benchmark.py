@@ -491,12 +491,12 @@ def test_snakemake_script_writes_the_json(dirs, tmp_path):
         scriptdir=str(root / "scripts"),
         input=SimpleNamespace(model=str(dirs["nf4"]), baseline=str(dirs["baseline"])),
         params=SimpleNamespace(
-            settings=_with(PREFILL_ONLY, prefill={"modes": ["eager"]}), device="cpu"
+            settings=_with(PREFILL_ONLY, prefill={"modes": ["eager"]}), device="cpu", retry=...
         ),
         output=[str(out)],
         log=[str(log)],
         wildcards=SimpleNamespace(arm="nf4"),
-        resources=SimpleNamespace(gpu_mem_mb=0),
+        resources=SimpleNamespace(gpu_mem_mb=0, attempt=1),
     )
     runpy.run_path(str(root / "scripts" / "benchmark.py"), init_globals={"snakemake": snakemake})
     result = json.loads(out.read_text())

@@ -428,26 +428,19 @@ def test_a_failed_input_is_recorded_at_once_with_empty_outputs(tmp_path, monkeyp
     assert samples.read_text() == ""
 
 
-def test_failed_jobs_and_outputs_are_read_from_the_records(tmp_path, monkeypatch):
+def test_failed_jobs_are_read_from_the_records(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    study, arms, tasks = "s", ["base", "a", "b"], ["t1", "t2"]
-    for output, record in records.job_outputs(study, arms, tasks, benchmarked=True):
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"arm": output}))
+    arms, tasks = ["base", "a", "b"], ["t1", "t2"]
+    models = [f"results/s/models/{a}" for a in arms]
+    evals = [f"results/s/eval/{a}/{t}.json" for a in arms for t in tasks]
+    benches = [f"results/s/bench/{a}.json" for a in arms]
+    for path in [records.record_of(m) for m in models] + evals + benches:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"arm": str(path)}))
     fail(Path("results/s/models/b/quantize.json"), "quantize", "b")
     fail(Path("results/s/eval/a/t2.json"), "evaluate", "a", "t2")
     fail(Path("results/s/bench/a.json"), "benchmark", "a")
-    assert records.failed_outputs(study, arms, tasks, True) == [
-        "results/s/eval/a/t2.json", "results/s/bench/a.json", "results/s/models/b",
-    ]  # fmt: skip
-    assert records.failed_outputs(study, arms, tasks, False) == [
-        "results/s/eval/a/t2.json", "results/s/models/b",
-    ]  # fmt: skip
-    failed = compare.failed_jobs(
-        [f"results/s/models/{a}" for a in arms],
-        [f"results/s/eval/{a}/{t}.json" for a in arms for t in tasks],
-        [f"results/s/bench/{a}.json" for a in arms],
-    )
+    failed = compare.failed_jobs(models, evals, benches)
     assert [(f["stage"], f["arm"], f["task"]) for f in failed] == [
         ("quantize", "b", None), ("evaluate", "a", "t2"), ("benchmark", "a", None),
     ]  # fmt: skip
@@ -457,5 +450,24 @@ def test_failed_jobs_and_outputs_are_read_from_the_records(tmp_path, monkeypatch
     assert len(records.successes([f"results/s/eval/{a}/t2.json" for a in arms])) == 2
 
 
-def test_nothing_failed_means_nothing_is_forced(tmp_path):
-    assert records.failed_outputs("s", ["a"], ["t"], True, root=tmp_path) == []
+def test_a_failure_changes_the_retry_param_until_a_retry_succeeds(tmp_path):
+    """The `retry` param Snakemake compares between runs: NO_RETRY (left out of its params
+    trigger) until a job fails, then the failure's id, kept by the retry that succeeds."""
+    out = tmp_path / "eval" / "a" / "t.json"
+    assert records.retry_token(out) is records.NO_RETRY  # nothing there yet
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"arm": "a"}))
+    assert records.retry_token(out) is records.NO_RETRY  # never failed: nothing changes
+    fail(out, "evaluate", "a", "t")
+    token = records.retry_token(out)
+    assert isinstance(token, str) and records.read(out)["failure_id"] in token
+    with records.recording_failure(
+        "evaluate", out, arm="a", task="t", log=tmp_path / "t.log", retry=token
+    ):
+        out.write_text(json.dumps({"arm": "a", "n_samples": 3}))  # the retry succeeds
+    assert records.retry_token(out) == token  # the next run sees the param the retry ran with
+    assert records.read(out)["n_samples"] == 3
+    fail(out, "evaluate", "a", "t")  # it fails again: a new id, so a new retry
+    assert records.retry_token(out) not in (token, records.NO_RETRY)
+    assert records.record_of("results/s/models/x") == Path("results/s/models/x/quantize.json")
+    assert records.record_of("results/s/bench/x.json") == Path("results/s/bench/x.json")
