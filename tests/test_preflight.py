@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import re
+import runpy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -217,8 +219,9 @@ def test_group_size_check_skips_ignored_layers(tmp_path):
     preflight.check_group_sizes(config, ROOT, tmp_path, cache_dir=tmp_path / "cache")
 
 
-def test_hub_group_size_is_checked_once_downloaded(tmp_path):
-    """A hub model's widths are known once downloaded: later starts refuse at parse time."""
+def test_hub_group_size_is_checked_after_download_before_anything_is_written(tmp_path, monkeypatch):
+    """A hub model's widths are known once downloaded: the prepare_model job refuses a group size
+    before it writes anything (so no quantize job starts), and later starts refuse at parse time."""
     work = tmp_path / "work"
     download = work / "results/tiny/download"
     config = small_config()
@@ -231,7 +234,22 @@ def test_hub_group_size_is_checked_once_downloaded(tmp_path):
     assert preflight.architecture_file(validated(config), ROOT, work) == (
         download / "hub/snap/config.json"
     )
+    # the prepare_model job, as Snakemake runs its script
+    job = SimpleNamespace(
+        scriptdir=str(ROOT / "scripts"),
+        log=[str(work / "logs/tiny/prepare_model.log")],
+        output=[str(work / "results/tiny/source")],
+        input={"download": str(download)},
+        params=SimpleNamespace(model=validated(config)["model"]),
+        config=validated(config),
+    )
+    monkeypatch.chdir(work)
+    with pytest.raises(qconfig.ConfigError, match=r"^arms\.gptq\.group_size: 48 does not"):
+        runpy.run_path(str(ROOT / "scripts/prepare_model.py"), {"snakemake": job})
+    assert not (work / "results/tiny/source").exists()
+    assert "arms.gptq.group_size: 48" in (work / "logs/tiny/prepare_model.log").read_text()
     # the next start sees the download: refused while parsing
+    shutil.rmtree(work / "logs")
     write_config(work, config)
     run_refused(work, "Invalid config: arms.gptq.group_size: 48 does not divide")
 
