@@ -201,8 +201,10 @@ def check(config: dict[str, Any], root: Path | str = ".") -> None:
         if model["source"] == "gguf" and not path.name.endswith(".gguf"):
             raise ConfigError(f"model.path: {str(path)!r} is not a .gguf file")
         if model["source"] == "local":
-            if not path.is_dir():
-                raise ConfigError(f"model.path: {str(path)!r} is not a directory")
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"model.path: {str(path)!r} is not a model folder (no config.json)"
+                )
             check_tokenizer("model.path", path, model["trust_remote_code"])
     if model["source"] == "random-init" and model.get("tokenizer"):
         tok = model["tokenizer"]

@@ -190,7 +190,7 @@ def check_group_sizes(
     if not arms:
         return
     path = architecture_file(config, root, workdir)
-    if path is None:
+    if path is None or not path.is_file():  # not downloaded yet (or missing: check says so)
         return
     trust = bool(config["model"]["trust_remote_code"])
     for arm, spec in arms.items():

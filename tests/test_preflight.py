@@ -254,6 +254,16 @@ def test_hub_group_size_is_checked_after_download_before_anything_is_written(tmp
     run_refused(work, "Invalid config: arms.gptq.group_size: 48 does not divide")
 
 
+def test_model_transformers_cannot_build_is_left_to_the_jobs(tmp_path, caplog):
+    """The check refuses only what it can judge: an unbuildable config warns and passes."""
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 64}))
+    config = validated(small_config())
+    config["model"]["path"] = str(odd)
+    preflight.check_group_sizes(config, ROOT, tmp_path)
+    assert "arms.gptq.group_size not checked" in caplog.text
+
+
 # --- 4. model directories without a tokenizer ---------------------------------------------
 
 
@@ -266,6 +276,13 @@ def test_local_model_without_tokenizer_is_refused_before_any_job(tmp_path):
     config["model"] = {"source": "local", "path": str(model), "dtype": "fp32"}
     write_config(work, config)
     run_refused(work, f"Invalid config: model.path: '{model}' holds no tokenizer")
+
+
+def test_local_model_folder_needs_config_json(tmp_path):
+    config = small_config()
+    config["model"] = {"source": "local", "path": str(tmp_path)}
+    with pytest.raises(qconfig.ConfigError, match=r"^model\.path: .* \(no config\.json\)"):
+        qconfig.check(validated(config), ROOT)
 
 
 def test_tokenizer_rule(tmp_path):
