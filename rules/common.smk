@@ -2,6 +2,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -9,13 +10,26 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from quantstudy import config as qconfig  # noqa: E402
+from quantstudy import preflight  # noqa: E402
 from quantstudy import records as qrecords  # noqa: E402
 
 # --- config: schema (with defaults), then the checks a schema cannot make -------------------
-qconfig.normalise(config)
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+# All of it runs while the workflow is parsed, so a bad config stops before any job starts (and
+# before Snakemake removes any output to rebuild it). The preflight checks, which ask lm-eval and
+# transformers, run in the process that plans the jobs only: a job's own process (SLURM,
+# `--mode remote`) parses this file again and need not pay for them.
 try:
+    if workflow.is_main_process:
+        qconfig.check_config_files(workflow.configfiles)
+    qconfig.normalise(config)
+    validate(config, workflow.source_path("../schemas/config.schema.yaml"))
     qconfig.check(config, root=workflow.basedir)
+    if workflow.is_main_process:
+        preflight.check(
+            config,
+            root=workflow.basedir,
+            cache_dir=Path(".snakemake/quantstudy-preflight"),
+        )
 except qconfig.ConfigError as e:
     raise WorkflowError(f"Invalid config: {e}")
 
