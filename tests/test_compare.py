@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import aggregate, compare, records, report, stats
+from quantstudy import aggregate, compare, policy, records, report, stats
 
 # --------------------------------------------------------------------------- builders
 
@@ -238,11 +238,12 @@ def test_oriented_comparisons_keep_their_numbers_and_pass_the_check():
         ignore_index=True,
     )  # fmt: skip
     evals = [{"task": "wiki", "higher_is_better": {"wiki": {"word_perplexity": False}}}]
-    raw = stats.compare(samples, "fp32", margin=0.5, n_boot=300)[1]
+    raw = stats.compare(samples, "fp32", margin=0.5, n_boot=300)[1]  # as if higher were better
     _, oriented = compare.analyse(
         samples, evals, "fp32", ["fp32", "q"], ["wiki"], {"margin": 0.5, "n_boot": 300}
     )
     assert raw["verdict"].tolist() == ["better"] and oriented["verdict"].tolist() == ["worse"]
+    assert oriented["higher_is_better"].tolist() == [False]
     numbers = ["diff", "diff_ci_low", "diff_ci_high", "eq_low", "eq_high", "tost_p"]
     pd.testing.assert_frame_equal(raw[numbers], oriented[numbers])
     assert oriented["diff_ci_low"].iloc[0] > 0  # a loss: perplexity went up
@@ -251,33 +252,27 @@ def test_oriented_comparisons_keep_their_numbers_and_pass_the_check():
         stats.check_verdicts(oriented.assign(verdict="better"), 0.5)
 
 
-def test_lower_is_better_metrics_swap_better_and_worse():
-    comparisons = pd.DataFrame(
-        {
-            "arm": ["a", "a", "a"],
-            "task": ["wiki", "wiki", "mc"],
-            "metric": ["word_perplexity", "bits_per_byte,none", "acc"],
-            "verdict": ["better", "worse", "better"],
-        }  # fmt: skip
-    )
-    hib = {("wiki", "word_perplexity"): False, ("wiki", "bits_per_byte"): False}
-    out = compare.orient(comparisons, hib)
-    assert out["verdict"].tolist() == ["worse", "better", "better"]
-    assert out["higher_is_better"].tolist() == [False, False, True]
+def test_a_lower_is_better_metric_reads_a_rise_as_a_loss():
+    """verdict(): the same significant rise is "better" for accuracy, "worse" for perplexity."""
+    args = dict(diff=0.3, ci=(0.1, 0.5), p=0.001, p_holm=0.002, eq=(0.05, 0.55), margin=0.01)
+    assert stats.verdict(**args).verdict == "better"
+    assert stats.verdict(**args, higher_is_better=False).verdict == "worse"
+    fall = dict(args, diff=-0.3, ci=(-0.5, -0.1), eq=(-0.55, -0.05))
+    assert stats.verdict(**fall, higher_is_better=False).verdict == "better"
 
 
 # --------------------------------------------------------------------------- speed
 
 
 def test_decode_speed_prefers_static_and_reads_faster_as_above_one():
-    fast = compare.decode_speed(bench_record("same", "fp32", 8.0, 10.0))
+    fast = policy.decode_speed(bench_record("same", "fp32", 8.0, 10.0))
     assert fast.ratio == pytest.approx(10.0 / 8.0)
     assert fast.measure.startswith("static mode, decode ms/token at batch 1")
-    eager_only = compare.decode_speed(bench_record("same", "fp32", 20.0, 10.0, static=False))
+    eager_only = policy.decode_speed(bench_record("same", "fp32", 20.0, 10.0, static=False))
     assert eager_only.ratio == pytest.approx(0.5)
     assert eager_only.measure.startswith("eager mode")
-    assert compare.decode_speed(bench_record("fp32", "fp32", 10.0, 10.0)).ratio == 1.0
-    assert math.isnan(compare.decode_speed({"modes": {}}).ratio)
+    assert policy.decode_speed(bench_record("fp32", "fp32", 10.0, 10.0)).ratio == 1.0
+    assert math.isnan(policy.decode_speed({"modes": {}}).ratio)
 
 
 # --------------------------------------------------------------------------- the decision
@@ -296,7 +291,7 @@ def test_tables_equal_stats_compare_on_the_same_samples(study):
     )
     pd.testing.assert_frame_equal(pd.read_csv(out["scores"]), scores, check_dtype=False)
     decision = pd.read_csv(out["decision"]).set_index("arm")
-    expected = stats.task_verdicts(comparisons)
+    expected = policy.task_verdicts(comparisons)
     for arm in ("same", "bad", "small", "gone"):
         for task in TASKS:
             assert decision.loc[arm, f"verdict:{task}"] == expected[arm][task]
@@ -329,8 +324,8 @@ def test_fastest_rule_and_primary_metric(study):
     evals = [json.loads(p.read_text()) for p in files["evals"]]
     _, comparisons = compare.analyse(samples, evals, "fp32", list(ARMS), TASKS, ANALYSIS)
     quant = aggregate.load_quantize_records(files["models"])
-    speeds = {a: compare.Speed(BENCH_MS["fp32"] / ms, "x") for a, ms in BENCH_MS.items()}
-    decision, rec = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, speeds,
+    speeds = {a: policy.Speed(BENCH_MS["fp32"] / ms, "x") for a, ms in BENCH_MS.items()}
+    decision, rec = policy.decision_table(comparisons, ARMS, "fp32", TASKS, quant, speeds,
                                            {}, "fastest-equivalent")  # fmt: skip
     assert rec.arm == "same"  # 1.25x; "bad" is faster but worse
     assert decision.set_index("arm").loc["gone", "status"] == "missing: not built"
@@ -345,7 +340,7 @@ def test_missing_evaluation_marks_the_arm_incomplete(study):
     _, comparisons = compare.analyse(samples, [], "fp32", list(ARMS), TASKS, ANALYSIS)
     quant = aggregate.load_quantize_records(files["models"])
     reasons = {("same", "qa"): "evaluation failed (log: y)"}
-    decision, _ = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, reasons,
+    decision, _ = policy.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, reasons,
                                          "smallest-equivalent")  # fmt: skip
     row = decision.set_index("arm").loc["same"]
     assert row["verdict:qa"] == "missing" and row["verdict:mc"] == "equivalent"
@@ -358,7 +353,7 @@ def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
                                         "batch_halvings": k}  # fmt: skip
     evals = [run("fp32", "qa", 8), run("same", "qa", 8), run("bad", "qa", 4, 1),
              run("fp32", "mc", 16, 1), run("same", "mc", 32), run("small", "mc", 16)]  # fmt: skip
-    caveats = compare.batch_caveats(evals, "fp32")
+    caveats = policy.batch_caveats(evals, "fp32")
     assert caveats == {
         "bad": "qa ran at batch 4 (halved 1× after an out-of-memory), the baseline at 8",
         "same": "mc ran at batch 32, the baseline at 16 (halved 1× after an out-of-memory)",
@@ -366,7 +361,7 @@ def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
     samples = compare.load_samples(files["samples"])
     _, comparisons = compare.analyse(samples, [], "fp32", list(ARMS), TASKS, ANALYSIS)
     quant = aggregate.load_quantize_records(files["models"])
-    decision, _ = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, {},
+    decision, _ = policy.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, {},
                                          "smallest-equivalent", caveats=caveats)  # fmt: skip
     decision = decision.set_index("arm")
     assert decision.loc["bad", "caveat"] == caveats["bad"]
@@ -378,7 +373,7 @@ def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
 def test_power_states_the_detectable_difference(study):
     _, _, out = study
     comparisons = pd.read_csv(out["comparisons"])
-    power = compare.power_by_task(comparisons).set_index(["task", "metric"])
+    power = policy.power_by_task(comparisons).set_index(["task", "metric"])
     mc = comparisons[(comparisons.task == "mc") & (comparisons.verdict != "missing")]
     assert power.loc[("mc", "acc"), "mdd_max"] == pytest.approx(mc["mdd"].max())
     assert power.loc[("mc", "acc"), "n"] == N
@@ -444,7 +439,7 @@ def test_failed_jobs_are_read_from_the_records(tmp_path, monkeypatch):
     assert [(f["stage"], f["arm"], f["task"]) for f in failed] == [
         ("quantize", "b", None), ("evaluate", "a", "t2"), ("benchmark", "a", None),
     ]  # fmt: skip
-    reasons = compare.missing_reasons(failed)
+    reasons = policy.missing_reasons(failed)
     assert reasons["b"].startswith("quantize failed: RuntimeError: b broke")
     assert ("a", "t2") in reasons and ("benchmark", "a") in reasons
     assert len(records.successes([f"results/s/eval/{a}/t2.json" for a in arms])) == 2
