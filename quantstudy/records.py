@@ -87,12 +87,6 @@ def check_inputs(**records: Path | str | None) -> None:
             raise UpstreamFailed(f"its {role} failed: {failed['reason']}")
 
 
-def record_of(output: Path | str) -> Path:
-    """Where a job's record lies: quantize.json in a model directory, else the output itself."""
-    output = Path(output)
-    return quantize_record_path(output) if output.parent.name == "models" else output
-
-
 def retry_token(record: Path | str) -> Any:
     """The `retry` param of the job whose record lies here (see the module's docstring)."""
     try:

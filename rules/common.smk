@@ -66,9 +66,16 @@ onstart:
         )
 
 
-def get_retry(wildcards, output):
-    """The job's `retry` param: changes once while its output is a failure record."""
-    return qrecords.retry_token(qrecords.record_of(output[0]))
+def get_retry(record):
+    """The `retry` param of a rule whose record lies at `record` (a pattern of its wildcards):
+    changes once while the job's output is a failure record. A function of the wildcards, not
+    of `output`: Snakemake's params trigger ignores params derived from input or output.
+    """
+
+    def retry(wildcards):
+        return qrecords.retry_token(record.format(**dict(wildcards.items())))
+
+    return retry
 
 
 def get_attempt(wildcards, attempt):

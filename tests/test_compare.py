@@ -429,7 +429,7 @@ def test_failed_jobs_are_read_from_the_records(tmp_path, monkeypatch):
     models = [f"results/s/models/{a}" for a in arms]
     evals = [f"results/s/eval/{a}/{t}.json" for a in arms for t in tasks]
     benches = [f"results/s/bench/{a}.json" for a in arms]
-    for path in [records.record_of(m) for m in models] + evals + benches:
+    for path in [records.quantize_record_path(m) for m in models] + evals + benches:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"arm": str(path)}))
     fail(Path("results/s/models/b/quantize.json"), "quantize", "b")
@@ -464,5 +464,3 @@ def test_a_failure_changes_the_retry_param_until_a_retry_succeeds(tmp_path):
     assert records.read(out)["n_samples"] == 3
     fail(out, "evaluate", "a", "t")  # it fails again: a new id, so a new retry
     assert records.retry_token(out) not in (token, records.NO_RETRY)
-    assert records.record_of("results/s/models/x") == Path("results/s/models/x/quantize.json")
-    assert records.record_of("results/s/bench/x.json") == Path("results/s/bench/x.json")
