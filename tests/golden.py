@@ -33,7 +33,7 @@ def study(root: Path = GOLDEN) -> dict[str, Any]:
 def inputs(root: Path = GOLDEN) -> dict[str, list[Path]]:
     """The records compare reads, as the workflow lists them (every configured arm and task)."""
     s = study(root)
-    res = root / "results"
+    res = root / "records"
     return {
         "samples": [res / "eval" / a / f"{t}.samples.jsonl" for a in s["arms"] for t in s["tasks"]],
         "evals": [res / "eval" / a / f"{t}.json" for a in s["arms"] for t in s["tasks"]],
@@ -71,11 +71,11 @@ def freeze(workdir: Path, root: Path = GOLDEN) -> None:
         for task in config["tasks"]:
             for suffix in (".json", ".samples.jsonl"):
                 rel = Path("eval") / arm / f"{task}{suffix}"
-                _copy(src / rel, root / "results" / rel)
+                _copy(src / rel, root / "records" / rel)
         _copy(
-            src / "models" / arm / "quantize.json", root / "results/models" / arm / "quantize.json"
+            src / "models" / arm / "quantize.json", root / "records/models" / arm / "quantize.json"
         )
-        _copy(src / "bench" / f"{arm}.json", root / "results" / "bench" / f"{arm}.json")
+        _copy(src / "bench" / f"{arm}.json", root / "records" / "bench" / f"{arm}.json")
     for table in TABLES:
         _copy(src / "tables" / f"{table}.csv", root / "tables" / f"{table}.csv")
     settings = {
