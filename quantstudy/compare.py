@@ -3,8 +3,8 @@
 Inputs are the jobs' own files (`eval/{arm}/{task}.samples.jsonl` and `.json`,
 `models/{arm}/quantize.json`, `bench/{arm}.json`), read for the arms and tasks that have them;
 every configured arm and task still gets its rows, marked "missing" where its outputs are absent.
-The statistics themselves are :func:`quantstudy.stats.compare`; this module only loads, orients
-and summarises.
+The statistics are :func:`quantstudy.stats.compare`, the decision :mod:`quantstudy.policy`, the
+pages :mod:`quantstudy.report`; this module reads the study and hands it on.
 """
 
 from __future__ import annotations
@@ -12,28 +12,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import records, report, stats
+from . import policy, records, report, stats
 from .aggregate import load_quantize_records
 from .benchmark.record import read_many as read_benchmarks
 from .provenance import code_versions, mixed_code_warning
-from .report import VERDICT_PREFIX
 
 SAMPLES_SUFFIX = ".samples.jsonl"
-DECISION_COLUMNS = [
-    "arm", "method", "bits", "role", "status", "caveat", "memory_bytes", "memory_vs_baseline",
-    "disk_bytes", "speed_vs_baseline", "speed_measure", "worst_loss", "worst_loss_diff",
-    "worst_loss_task", "worst_loss_metric", "recommended",
-]  # fmt: skip
-"""Columns of the decision table before its one verdict column per task (``verdict:<task>``)."""
-
-SPEED_MODES = ("static", "eager")
-"""Execution modes whose batch-1 decode speed is the decision's speed, first supported wins."""
 
 
 # --------------------------------------------------------------------------- what failed
@@ -172,64 +161,16 @@ def _base_metric(metric: str) -> str:
     return str(metric).split(",", 1)[0]
 
 
-def orient(comparisons: pd.DataFrame, hib: Mapping[tuple[str, str], bool]) -> pd.DataFrame:
-    """Comparisons with a ``higher_is_better`` column and verdicts that read as gain or loss.
-
-    :func:`quantstudy.stats.compare` calls a positive difference "better". For a metric where
-    lower is better (perplexity, bits per byte) a positive difference is a loss, so "better"
-    and "worse" swap there; the numbers stay as they are (arm minus baseline): ``diff``, its CI
-    and the equivalence interval keep their sign, so a "better" lower-is-better row has a CI
-    below 0 (:func:`quantstudy.stats.check_verdicts` reads ``higher_is_better`` for that), and
-    the equivalence interval, symmetric in the margin, needs no change.
-    """
-    out = comparisons.copy()
-    out["higher_is_better"] = [
-        hib.get((t, _base_metric(m)), True) if isinstance(m, str) else True
-        for t, m in zip(out["task"], out["metric"], strict=True)
-    ]
-    swap = {"better": "worse", "worse": "better"}
-    lower = ~out["higher_is_better"]
-    out.loc[lower, "verdict"] = out.loc[lower, "verdict"].map(lambda v: swap.get(v, v))
-    return out
-
-
-# --------------------------------------------------------------------------- speed and memory
-
-
-@dataclass(frozen=True)
-class Speed:
-    """An arm's decode speed relative to the baseline, and how it was measured."""
-
-    ratio: float  # baseline ms/token / arm ms/token: > 1 means the arm decodes faster
-    measure: str
-
-
-def decode_speed(bench: Mapping[str, Any]) -> Speed:
-    """Batch-1 decode speed of a `bench/{arm}.json` relative to its interleaved baseline.
-
-    The static mode's decode is taken where it ran, else the eager mode's; the ratio is the
-    baseline's median ms/token over the arm's (> 1 = faster). The baseline arm is 1 by definition.
-    """
-    for mode in SPEED_MODES:
-        res = (bench.get("modes") or {}).get(mode) or {}
-        decode = res.get("decode")
-        if not res.get("supported") or not decode:
-            continue
-        batch = decode.get("batch_size", 1)
-        measure = (
-            f"{mode} mode, decode ms/token at batch {batch} on {bench.get('device_kind', '?')}: "
-            "baseline / arm (> 1 = faster)"
-        )
-        if bench.get("is_baseline"):
-            return Speed(1.0, measure)
-        arm_ms = ((decode.get("arm") or {}).get("ms_per_token") or {}).get("median")
-        base_ms = ((decode.get("baseline") or {}).get("ms_per_token") or {}).get("median")
-        if arm_ms and base_ms and not (decode.get("arm") or {}).get("oom"):
-            return Speed(float(base_ms) / float(arm_ms), measure)
-    return Speed(math.nan, "not measured")
-
-
 # --------------------------------------------------------------------------- the analysis
+
+
+def metric_directions(
+    samples: pd.DataFrame, eval_jsons: Iterable[Mapping[str, Any]]
+) -> dict[tuple[str, str], bool]:
+    """{(task, metric as the samples name it): higher is better} for every metric scored."""
+    hib = higher_is_better(eval_jsons)
+    pairs = samples[["task", "metric"]].drop_duplicates().itertuples(index=False)
+    return {(t, m): hib.get((t, _base_metric(m)), True) for t, m in pairs}
 
 
 def analyse(
@@ -240,192 +181,19 @@ def analyse(
     tasks: Sequence[str],
     analysis: Mapping[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(scores, comparisons) of every configured arm and task, verdicts oriented by metric.
-
-    ``analysis`` is the config's `analysis` section (margin, alpha, n_boot, seed). Every row is
-    checked against its own intervals (:func:`quantstudy.stats.check_verdicts`) after the
-    orientation, so no table with a verdict its intervals contradict is ever written.
-    """
-    margin = analysis.get("margin", 0.01)
-    alpha = analysis.get("alpha", 0.05)
-    scores, comparisons = stats.compare(
+    """(scores, comparisons) of every configured arm and task, verdicts by each metric's
+    direction (lm-eval's higher_is_better). ``analysis`` is the config's `analysis` section."""
+    return stats.compare(
         samples,
         baseline,
-        margin=margin,
-        alpha=alpha,
+        margin=analysis.get("margin", 0.01),
+        alpha=analysis.get("alpha", 0.05),
         n_boot=analysis.get("n_boot", 2000),
         seed=analysis.get("seed", 0),
         arms=list(arms),
         tasks=list(tasks),
+        higher_is_better=metric_directions(samples, eval_jsons),
     )
-    comparisons = orient(comparisons, higher_is_better(eval_jsons))
-    stats.check_verdicts(comparisons, margin, alpha)
-    return scores, comparisons
-
-
-def deciding_rows(comparisons: pd.DataFrame, primary: Mapping[str, str] | None) -> pd.DataFrame:
-    """The comparisons that decide verdicts: a task's primary metric where named, else all."""
-    if not primary:
-        return comparisons
-    keep = [
-        t not in primary or pd.isna(m) or m == primary[t]
-        for t, m in zip(comparisons["task"], comparisons["metric"], strict=True)
-    ]
-    return comparisons[keep]
-
-
-def worst_loss(rows: pd.DataFrame) -> dict[str, Any]:
-    """The largest significant loss among one arm's comparisons ("worse" verdicts), or none."""
-    worse = rows[rows["verdict"] == "worse"]
-    none = {"worst_loss": "none", "worst_loss_diff": math.nan}
-    if worse.empty:
-        return none | {"worst_loss_task": None, "worst_loss_metric": None}
-    sign = worse["higher_is_better"].map(lambda h: 1.0 if h else -1.0)
-    row = worse.loc[(worse["diff"] * sign).idxmin()]
-    text = (
-        f"{row['diff']:+.3f} on {row['task']} {row['metric']} "
-        f"(95% CI {row['diff_ci_low']:+.3f} to {row['diff_ci_high']:+.3f}, "
-        f"Holm p = {row['p_holm']:.2g})"
-    )
-    return {
-        "worst_loss": text,
-        "worst_loss_diff": float(row["diff"]),
-        "worst_loss_task": row["task"],
-        "worst_loss_metric": row["metric"],
-    }
-
-
-def _gap_reason(arm: str, task: str, baseline: str, missing: Mapping[Any, str]) -> str:
-    """Why an arm has no verdict on a task, in a few words."""
-    if (arm, task) in missing:
-        return missing[(arm, task)]
-    if baseline in missing or (baseline, task) in missing:
-        return "has no baseline to compare with"
-    return "not evaluated"
-
-
-def decision_table(
-    comparisons: pd.DataFrame,
-    arms: Mapping[str, Mapping[str, Any]],
-    baseline: str,
-    tasks: Sequence[str],
-    quant: Mapping[str, Mapping[str, Any]],
-    speeds: Mapping[str, Speed],
-    missing: Mapping[Any, str],
-    rule: str,
-    primary: Mapping[str, str] | None = None,
-    caveats: Mapping[str, str] | None = None,
-) -> tuple[pd.DataFrame, stats.Recommendation]:
-    """One row per configured arm: memory, speed, verdict per task, worst loss, recommendation.
-
-    ``arms`` is the config's arms (every one gets a row, in config order); ``quant`` the
-    quantize.json of the arms that were built; ``speeds`` the decode speed of the benchmarked
-    ones; ``missing`` says why outputs are absent ({arm: reason} for an arm that was not built,
-    {(arm, task): reason} for an evaluation that did not run); ``caveats`` what weakens an arm's
-    comparison without removing it (see :func:`batch_caveats`). The recommendation
-    is :func:`quantstudy.stats.recommend` under ``rule`` over the non-baseline arms.
-    """
-    deciding = deciding_rows(comparisons, primary)
-    verdicts = stats.task_verdicts(deciding, primary)
-    base_rec = quant.get(baseline)
-    base_mem = base_rec["memory_bytes"]["total"] if base_rec else math.nan
-    rows, decision_rows = [], []
-    for arm, spec in arms.items():
-        rec = quant.get(arm)
-        memory = float(rec["memory_bytes"]["total"]) if rec else math.nan
-        speed = speeds.get(arm) or Speed(math.nan, missing.get(("benchmark", arm), "not measured"))
-        arm_verdicts = {t: verdicts.get(arm, {}).get(t, "missing") for t in tasks}
-        if arm == baseline:
-            arm_verdicts = {t: "baseline" for t in tasks}
-        status = "ok" if rec else f"missing: {missing.get(arm, 'not built')}"
-        if rec and arm != baseline and "missing" in arm_verdicts.values():
-            gaps = [t for t, v in arm_verdicts.items() if v == "missing"]
-            status = "incomplete: " + "; ".join(
-                f"{t} {_gap_reason(arm, t, baseline, missing)}" for t in gaps
-            )
-        elif rec and arm == baseline:
-            gaps = [t for t in tasks if (arm, t) in missing]
-            if gaps:
-                status = "incomplete: " + "; ".join(f"{t} {missing[(arm, t)]}" for t in gaps)
-        row = {
-            "arm": arm,
-            "method": (rec or {}).get("method", spec.get("method")),
-            "bits": (rec or {}).get("bits"),
-            "role": "baseline" if arm == baseline else "candidate",
-            "status": status,
-            "caveat": (caveats or {}).get(arm, ""),
-            "memory_bytes": memory,
-            "memory_vs_baseline": memory / base_mem if base_mem else math.nan,
-            "disk_bytes": float(rec["disk_bytes"]) if rec else math.nan,
-            "speed_vs_baseline": speed.ratio,
-            "speed_measure": speed.measure,
-            "recommended": False,
-        }
-        row |= worst_loss(deciding[deciding["arm"] == arm])
-        row |= {f"{VERDICT_PREFIX}{t}": v for t, v in arm_verdicts.items()}
-        rows.append(row)
-        if arm != baseline:
-            decision_rows.append(stats.DecisionRow(arm, memory, speed.ratio, arm_verdicts))
-    recommendation = stats.recommend(decision_rows, rule)
-    table = pd.DataFrame(rows, columns=DECISION_COLUMNS + [f"{VERDICT_PREFIX}{t}" for t in tasks])
-    table["recommended"] = table["arm"] == recommendation.arm
-    return table, recommendation
-
-
-def batch_caveats(eval_jsons: Iterable[Mapping[str, Any]], baseline: str) -> dict[str, str]:
-    """{arm: words} for each arm that ran a task at another batch size than the baseline did
-    (an evaluate job retried after an out-of-memory runs at a smaller batch): its verdict on that
-    task then also carries the batch size's effect on lm-eval's scores."""
-
-    def size(e: Mapping[str, Any]) -> str:
-        k = int(e.get("batch_halvings") or 0)
-        return f"{e.get('batch_size_used')}" + (
-            f" (halved {k}× after an out-of-memory)" if k else ""
-        )
-
-    runs = {(e["arm"], e["task"]): e for e in eval_jsons}
-    out: dict[str, list[str]] = {}
-    for (arm, task), run in sorted(runs.items()):
-        base = runs.get((baseline, task))
-        if arm == baseline or base is None:
-            continue
-        if run.get("batch_size_used") == base.get("batch_size_used"):
-            continue
-        out.setdefault(arm, []).append(
-            f"{task} ran at batch {size(run)}, the baseline at {size(base)}"
-        )
-    return {arm: "; ".join(items) for arm, items in out.items()}
-
-
-def power_by_task(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """Per task and metric: items compared and the range of the minimum detectable difference."""
-    ok = comparisons[comparisons["verdict"] != "missing"]
-    if ok.empty:
-        return pd.DataFrame(columns=["task", "metric", "n", "mdd_min", "mdd_median", "mdd_max"])
-    return (
-        ok.groupby(["task", "metric"], sort=False)
-        .agg(
-            n=("n", "max"),
-            mdd_min=("mdd", "min"),
-            mdd_median=("mdd", "median"),
-            mdd_max=("mdd", "max"),
-        )
-        .reset_index()
-    )
-
-
-def missing_reasons(missing: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
-    """Why outputs are absent, from the rule's list: {arm: reason} for an arm not built,
-    {(arm, task): reason} for an evaluation, {("benchmark", arm): reason} for a benchmark."""
-    out: dict[Any, str] = {}
-    for m in missing:
-        if m.get("stage") == "benchmark":
-            out[("benchmark", m["arm"])] = m["reason"]
-        elif m.get("task"):
-            out[(m["arm"], m["task"])] = m["reason"]
-        else:
-            out[m["arm"]] = m["reason"]
-    return out
 
 
 def run(
@@ -439,7 +207,7 @@ def run(
     analysis: Mapping[str, Any],
     study: str,
     out: Mapping[str, Path | str],
-) -> stats.Recommendation:
+) -> policy.Recommendation:
     """The compare stage: read every output, write scores, comparisons, decision and summaries.
 
     Failed jobs' failure records (quantstudy.records) are shown as missing, with their reason.
@@ -452,34 +220,26 @@ def run(
     scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
     quant = load_quantize_records(model_dirs)
     benches = read_benchmarks(bench_files)
-    speeds = {b["arm"]: decode_speed(b) for b in benches}
     primary = analysis.get("primary_metrics") or {}
-    decision, rec = decision_table(
+    decision, rec = policy.decision_table(
         comparisons,
         arms,
         baseline,
         tasks,
         quant,
-        speeds,
-        missing_reasons(missing),
+        {b["arm"]: policy.decode_speed(b) for b in benches},
+        policy.missing_reasons(missing),
         analysis.get("recommend", "smallest-equivalent"),
         primary,
-        batch_caveats(evals, baseline),
+        policy.batch_caveats(evals, baseline),
     )
-    power = power_by_task(deciding_rows(comparisons, primary))
+    power = policy.power_by_task(policy.deciding_rows(comparisons, primary))
     scores.to_csv(out["scores"], index=False)
     comparisons.to_csv(out["comparisons"], index=False)
     decision.to_csv(out["decision"], index=False)
     outputs = report.study_outputs(None, None, quant, evals, benches)
-    warning = mixed_code_warning(code_versions(outputs))
-    summary = ([warning] if warning else []) + report.summary_sentences(
-        decision, rec, power, analysis, baseline
-    )
-    Path(out["decision_html"]).write_text(
-        report.decision_html(decision, comparisons, scores, summary, study)
-    )
-    Path(out["summary"]).write_text(report.summary_rst(decision, rec, power, analysis, baseline))
-    Path(out["summary_md"]).write_text(
-        report.summary_markdown(decision, rec, power, analysis, baseline, study)
-    )
+    report.write_decision_pages(
+        out, decision, comparisons, scores, rec, power, analysis, baseline, study,
+        mixed_code_warning(code_versions(outputs)),
+    )  # fmt: skip
     return rec

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .arms import DTYPES, STORAGE, Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+from .calibration import read_calibration_file, usable_texts
 from .device import device_record
 from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
 from .memory import footprint
@@ -104,17 +105,12 @@ def calibration_texts(arm: LlmCompressorArm, root: Path | str = ".") -> list[str
     if calib.path:
         path = Path(calib.path)
         path = path if path.is_absolute() else Path(root) / path
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            texts = [str(r[calib.text_field]) for r in rows]
-        else:
-            texts = path.read_text().splitlines()
+        texts = read_calibration_file(path, calib.text_field)
     else:
         import datasets
 
         ds = datasets.load_dataset(calib.dataset, calib.config_name, split=calib.split)
-        texts = [str(t) for t in ds[calib.text_field]]
-    texts = [t.strip() for t in texts if t.strip()]
+        texts = usable_texts(str(t) for t in ds[calib.text_field])
     if not texts:
         raise ValueError(f"arms.{arm.name}.calibration: no non-empty text found")
     rng = random.Random(calib.seed)

@@ -6,9 +6,12 @@ job that fails on its last attempt writes a *failure record* where its output go
 ``"status": "failed"``, the stage, the error and the log's path; a job's other outputs empty)
 and ends successfully. Everything downstream then runs: a job whose input is a failure record
 records its own failure as "upstream" at once, and the analysis shows every failure with its
-reason. The next run of the workflow forces every job whose output is a failure record to run
-again (`failed_outputs`, called by rules/common.smk), with everything after it, so a failure is
-never remembered across runs; and since the analysis always reads every configured output, its
+reason. The next run of the workflow runs every job whose output is a failure record again, with
+everything after it, so a failure is never remembered across runs: each such job has a `retry`
+param (`retry_token`) that Snakemake's params trigger sees change. It is NO_RETRY, a value
+Snakemake leaves out of that trigger, for every job that never failed (so adding it reran
+nothing), the failure's own id while a failure record stands, and that id again, kept in the
+record, once the retry succeeded. Since the analysis always reads every configured output, its
 tables are never older than what they summarise.
 
 A job that dies without writing anything (killed, out of time) fails as any Snakemake job does;
@@ -23,6 +26,7 @@ import os
 import shutil
 import time
 import traceback
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,11 @@ from typing import Any
 FAILED = "failed"
 ATTEMPTS_ENV = "QUANTSTUDY_ATTEMPTS"
 """How many attempts Snakemake gives a job (its --retries + 1), set by the workflow's main
-process for its jobs (SLURM job steps run with --retries 0 and inherit the variable)."""
+process when it starts running jobs (SLURM job steps run with --retries 0 and inherit it)."""
+RETRY_KEY = "retry_token"
+NO_RETRY = ...
+"""The `retry` param of a job that never failed: Ellipsis, which Snakemake's params trigger
+leaves out (it compares only params of plain types), so the param changes nothing there."""
 
 
 class UpstreamFailed(RuntimeError):
@@ -79,33 +87,16 @@ def check_inputs(**records: Path | str | None) -> None:
             raise UpstreamFailed(f"its {role} failed: {failed['reason']}")
 
 
-def job_outputs(study: str, arms: Sequence[str], tasks: Sequence[str], benchmarked: bool):
-    """(output as the rule declares it, where its record lies) of every recording job."""
-    for arm in arms:
-        model = f"results/{study}/models/{arm}"
-        yield model, quantize_record_path(model)
-        for task in tasks:
-            path = f"results/{study}/eval/{arm}/{task}.json"
-            yield path, Path(path)
-        if benchmarked:
-            path = f"results/{study}/bench/{arm}.json"
-            yield path, Path(path)
-
-
-def failed_outputs(
-    study: str,
-    arms: Sequence[str],
-    tasks: Sequence[str],
-    benchmarked: bool,
-    root: Path | str = ".",
-) -> list[str]:
-    """The configured outputs that hold a failure record: the workflow runs their jobs again."""
-    root = Path(root)
-    return [
-        output
-        for output, record in job_outputs(study, arms, tasks, benchmarked)
-        if failure_at(root / record)
-    ]
+def retry_token(record: Path | str) -> Any:
+    """The `retry` param of the job whose record lies here (see the module's docstring)."""
+    try:
+        found = read(record)
+    except (OSError, ValueError):
+        return NO_RETRY
+    if is_failure(found):
+        return f"retry after failure {found['failure_id']}"
+    token = found.get(RETRY_KEY) if isinstance(found, Mapping) else None
+    return token if isinstance(token, str) else NO_RETRY
 
 
 def is_last_attempt(attempt: int) -> bool:
@@ -127,15 +118,21 @@ def recording_failure(
     task: str | None = None,
     log: Path | str,
     attempt: int = 1,
+    retry: Any = NO_RETRY,
     empty: Sequence[Path | str] = (),
     clear: Path | str | None = None,
 ):
     """Run a job's body; if it fails on its last attempt, or because its input is a failure
     record, write the failure record at `record` (after emptying `clear`, the job's own output
     folder), create the `empty` outputs, and end normally. Earlier attempts re-raise, so
-    Snakemake retries them as it would any job."""
+    Snakemake retries them as it would any job. A job that succeeds keeps its `retry` param
+    (a retry's token) in its record, so the next run sees the same param."""
     try:
         yield
+        if isinstance(retry, str):
+            done = read(record)
+            done[RETRY_KEY] = retry
+            Path(record).write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
     except Exception as error:  # noqa: BLE001 - every failure of the job is recorded
         upstream = isinstance(error, UpstreamFailed)
         if not (upstream or is_last_attempt(attempt)):
@@ -157,6 +154,7 @@ def recording_failure(
             "log": str(log),
             "attempt": attempt,
             "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "failure_id": uuid.uuid4().hex,
         }
         Path(record).parent.mkdir(parents=True, exist_ok=True)
         Path(record).write_text(json.dumps(failure, indent=2, sort_keys=True) + "\n")

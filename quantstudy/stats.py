@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,21 +44,16 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 
-from .memory import fmt_bytes as _fmt_bytes
-
 __all__ = [
     "BINARY_VALUES",
     "COMPARISON_COLUMNS",
     "MCNEMAR_EXACT_MAX_DISCORDANT",
     "PERMUTATION_EXACT_MAX_NONZERO",
-    "RULES",
     "SCORE_COLUMNS",
     "VERDICTS",
-    "DecisionRow",
     "EquivalenceResult",
     "McNemarResult",
     "PermutationResult",
-    "Recommendation",
     "Verdict",
     "bootstrap_ci",
     "check_verdicts",
@@ -74,11 +69,9 @@ __all__ = [
     "paired_bootstrap_diff_ci",
     "paired_frame",
     "paired_permutation_test",
-    "recommend",
     "tango_ci",
     "tango_equivalence",
     "tango_score",
-    "task_verdicts",
     "tost",
     "value_range",
     "verdict",
@@ -100,8 +93,6 @@ PERMUTATION_EXACT_MAX_NONZERO = 16
 VERDICTS = ("equivalent", "better", "worse", "inconclusive", "missing")
 """Every verdict a comparison can have."""
 
-RULES = ("smallest-equivalent", "smallest-not-worse", "fastest-equivalent")
-"""Decision rules understood by :func:`recommend`."""
 
 SCORE_COLUMNS = ("arm", "task", "metric", "n", "mean", "ci_low", "ci_high", "ci_method")
 """Columns of the ``scores`` table returned by :func:`compare`."""
@@ -127,6 +118,7 @@ COMPARISON_COLUMNS = (
     "equivalent",
     "verdict",
     "mdd",
+    "higher_is_better",
 )
 """Columns of the ``comparisons`` table returned by :func:`compare`.
 
@@ -205,26 +197,6 @@ class Verdict:
     eq_low: float
     eq_high: float
     tost_p: float
-
-
-@dataclass(frozen=True)
-class DecisionRow:
-    """One arm as :func:`recommend` sees it: its footprint, speed and verdict per task."""
-
-    arm: str
-    memory_bytes: float
-    speed_ratio: float = math.nan  # arm throughput / baseline throughput; NaN when unmeasured
-    verdicts: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The arm chosen by a decision rule (None when no arm qualifies) and why."""
-
-    arm: str | None
-    rule: str
-    reason: str
-    candidates: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -866,16 +838,18 @@ def verdict(
     margin: float,
     alpha: float = 0.05,
     tost_p: float = math.nan,
+    higher_is_better: bool = True,
 ) -> Verdict:
     """The verdict on one arm-vs-baseline comparison, with its evidence.
 
     "equivalent" when the (1 - 2 alpha) equivalence interval ``eq`` lies strictly inside
     (-margin, +margin) (TOST at level alpha; this takes precedence over a significant but
-    smaller-than-margin difference); else "better" (resp. "worse") when the Holm-adjusted
-    p-value is below alpha *and* the (1 - alpha) CI of the difference lies above (resp. below)
-    0, on the side of ``diff``; else "inconclusive". A test and an interval that disagree (a
-    significant p with a CI that holds 0) give "inconclusive", never a claim the interval does
-    not back. NaN evidence never yields a decision. ``tost_p`` is only carried along.
+    smaller-than-margin difference); else, when the Holm-adjusted p-value is below alpha *and*
+    the (1 - alpha) CI of the difference lies on one side of 0 (the side of ``diff``): "better"
+    where that is the metric's good side (above 0 where higher is better, below 0 for metrics
+    such as perplexity), "worse" on the other; else "inconclusive". A test and an interval that
+    disagree (a significant p with a CI that holds 0) give "inconclusive", never a claim the
+    interval does not back. NaN evidence never yields a decision. ``tost_p`` is only carried.
     """
     _check_alpha(alpha)
     _check_margin(margin)
@@ -884,9 +858,9 @@ def verdict(
     if -margin < eq_low and eq_high < margin:  # False for NaN
         label = "equivalent"
     elif p_holm < alpha and diff > 0 and low > 0:
-        label = "better"
+        label = "better" if higher_is_better else "worse"
     elif p_holm < alpha and diff < 0 and high < 0:
-        label = "worse"
+        label = "worse" if higher_is_better else "better"
     else:
         label = "inconclusive"
     return Verdict(
@@ -909,8 +883,8 @@ def check_verdicts(
 
     "better" and "worse" need a CI of the difference (``diff_ci_low``, ``diff_ci_high``) that
     excludes 0 on the verdict's side: above 0 for "better" where higher is better, below 0
-    where lower is better (a ``higher_is_better`` column, as :func:`quantstudy.compare.orient`
-    adds; all higher-is-better without it), and the other way round for "worse"; with ``alpha``
+    where lower is better (the ``higher_is_better`` column :func:`compare` writes; all
+    higher-is-better without it), and the other way round for "worse"; with ``alpha``
     also p_holm < alpha. "equivalent" needs the equivalence interval (``eq_low``, ``eq_high``)
     strictly inside (-margin, +margin). Verdicts "inconclusive" and "missing" claim nothing.
     Returns the table unchanged, so it can be chained.
@@ -1132,6 +1106,7 @@ def compare(
     n_perm: int = 10_000,
     arms: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
+    higher_is_better: Mapping[tuple[str, str], bool] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-arm scores and arm-vs-baseline comparisons of a study's per-example scores.
 
@@ -1158,6 +1133,9 @@ def compare(
     ``tost_p`` is the p-value of the equivalence test (``tost_p < alpha`` iff ``equivalent``).
     ``mdd`` is the minimum detectable difference at 80 % power from the sd of the differences.
     ``verdict`` is from :func:`verdict`, and :func:`check_verdicts` is run on the table.
+    ``higher_is_better`` maps (task, metric) to the metric's direction (default: higher is
+    better); a "better" lower-is-better row has a difference below 0. Numbers are never
+    flipped: ``diff`` and its intervals are always arm minus baseline.
 
     Multiplicity: Holm's correction is applied per (task, metric) family, across the arms
     compared with the baseline on it. Tasks answer separate questions and are reported
@@ -1194,10 +1172,13 @@ def compare(
         for metric in metrics:
             if metric is None:
                 comparison_rows += [
-                    _missing_comparison(a, task, None) for a in arm_list if a != baseline
+                    _missing_comparison(a, task, None) | {"higher_is_better": True}
+                    for a in arm_list
+                    if a != baseline
                 ]
                 continue
             rows = task_rows[task_rows["metric"] == metric]
+            hib = (higher_is_better or {}).get((task, metric), True)
             binary = is_binary(rows["value"])
             span = value_range(rows["value"])
             present = set(rows["arm"].unique())
@@ -1214,7 +1195,9 @@ def compare(
                 if arm == baseline:
                     continue
                 if baseline not in present or arm not in present:
-                    family.append(_missing_comparison(arm, task, metric))
+                    family.append(
+                        _missing_comparison(arm, task, metric) | {"higher_is_better": hib}
+                    )
                     continue
                 frame = paired_frame(rows, task, metric, arm, baseline)
                 family.append(
@@ -1232,6 +1215,7 @@ def compare(
                         n_perm,
                         seed,
                     )
+                    | {"higher_is_better": hib}
                 )
             adjusted = holm([r["p"] for r in family])
             for r, p_adj in zip(family, adjusted, strict=True):
@@ -1247,6 +1231,7 @@ def compare(
                     margin,
                     alpha,
                     r["tost_p"],
+                    hib,
                 ).verdict
             comparison_rows += family
 
@@ -1255,145 +1240,6 @@ def compare(
     scores["n"] = scores["n"].astype("int64")
     comparisons["n"] = comparisons["n"].astype("int64")
     comparisons["equivalent"] = comparisons["equivalent"].astype("boolean")
+    comparisons["higher_is_better"] = comparisons["higher_is_better"].astype(bool)
     check_verdicts(comparisons, margin, alpha)
     return scores, comparisons
-
-
-# --------------------------------------------------------------------------- decisions
-
-_SEVERITY = ("missing", "worse", "inconclusive", "equivalent", "better")
-
-
-def task_verdicts(
-    comparisons: pd.DataFrame, metrics: Mapping[str, str] | None = None
-) -> dict[str, dict[str, str]]:
-    """Verdicts per arm and task from a comparisons table: {arm: {task: verdict}}.
-
-    When ``metrics`` names a task's primary metric only that metric counts; otherwise a task's
-    metrics are combined conservatively: the worst of missing < worse < inconclusive <
-    equivalent < better, except that "better" on one metric and "equivalent" on another give
-    "equivalent".
-    """
-    out: dict[str, dict[str, str]] = {}
-    for (arm, task), rows in comparisons.groupby(["arm", "task"], sort=False):
-        if metrics and task in metrics:
-            rows = rows[rows["metric"] == metrics[task]]
-        labels = set(rows["verdict"]) or {"missing"}
-        worst = min(labels, key=_SEVERITY.index)
-        out.setdefault(str(arm), {})[str(task)] = worst
-    return out
-
-
-def _as_decision_rows(rows: Any) -> list[DecisionRow]:
-    """DecisionRows from DecisionRows, mappings or a DataFrame (verdicts column or one per task)."""
-    if isinstance(rows, pd.DataFrame):
-        rows = rows.to_dict("records")
-    out = []
-    for r in rows:
-        if isinstance(r, DecisionRow):
-            out.append(r)
-            continue
-        r = dict(r)
-        verdicts = r.pop("verdicts", None)
-        arm = str(r.pop("arm"))
-        memory = r.pop("memory_bytes", math.nan)
-        speed = r.pop("speed_ratio", math.nan)
-        if verdicts is None:
-            verdicts = {k: v for k, v in r.items() if isinstance(v, str)}
-        out.append(
-            DecisionRow(
-                arm,
-                math.nan if memory is None else float(memory),
-                math.nan if speed is None else float(speed),
-                dict(verdicts),
-            )
-        )
-    return out
-
-
-def recommend(decision_rows: Any, rule: str) -> Recommendation:
-    """The arm a decision rule picks from per-arm memory, speed and verdicts, with the reason.
-
-    ``decision_rows``: DecisionRows, mappings with keys arm, memory_bytes, speed_ratio and
-    verdicts ({task: verdict}), or a DataFrame of those (or with one verdict column per task).
-    Rules (RULES):
-
-    * ``smallest-equivalent``: smallest memory among arms "equivalent" or "better" on every task;
-    * ``smallest-not-worse``: smallest memory among arms with no "worse" verdict;
-    * ``fastest-equivalent``: highest speed_ratio among arms "equivalent" or "better" everywhere.
-
-    Every rule judges each arm on all tasks that appear in any row; a task an arm has no verdict
-    for counts as "missing", and "missing" disqualifies (no evidence is not evidence of no
-    harm). Rows with no verdicts at all (the baseline) are not candidates. Ties break on the other
-    criterion (speed, resp. memory), then arm name. Arms with NaN memory (resp. speed) cannot win
-    a smallest (resp. fastest) rule.
-    """
-    if rule not in RULES:
-        raise ValueError(f"unknown decision rule {rule!r}; known rules: {', '.join(RULES)}")
-    rows = [r for r in _as_decision_rows(decision_rows) if r.verdicts]
-    if not rows:
-        return Recommendation(None, rule, "no arm has verdicts to decide on")
-    all_tasks = sorted({t for r in rows for t in r.verdicts})
-    ok_labels = (
-        {"equivalent", "better"}
-        if rule != "smallest-not-worse"
-        else {"equivalent", "better", "inconclusive"}
-    )
-    need = "equivalent or better" if rule != "smallest-not-worse" else "not worse (and not missing)"
-
-    def failures(r: DecisionRow) -> list[str]:
-        return [
-            f"{r.verdicts.get(t, 'missing')} on {t}"
-            for t in all_tasks
-            if r.verdicts.get(t, "missing") not in ok_labels
-        ]
-
-    eligible = [r for r in rows if not failures(r)]
-    if not eligible:
-        why = "; ".join(f"{r.arm}: {', '.join(failures(r))}" for r in rows)
-        return Recommendation(None, rule, f"no arm is {need} on all {len(all_tasks)} tasks ({why})")
-    if rule == "fastest-equivalent":
-        ranked = [r for r in eligible if not math.isnan(r.speed_ratio)]
-        if not ranked:
-            return Recommendation(
-                None,
-                rule,
-                f"arms {need} on every task ({', '.join(r.arm for r in eligible)}) "
-                "have no measured speed_ratio",
-                tuple(r.arm for r in eligible),
-            )
-        best = min(
-            ranked,
-            key=lambda r: (
-                -r.speed_ratio,
-                r.memory_bytes if not math.isnan(r.memory_bytes) else math.inf,
-                r.arm,
-            ),
-        )
-        reason = (
-            f"{best.arm}: fastest (speed ratio {best.speed_ratio:.2f}) of {len(eligible)} "
-            f"arm(s) {need} on all {len(all_tasks)} tasks"
-        )
-    else:
-        ranked = [r for r in eligible if not math.isnan(r.memory_bytes)]
-        if not ranked:
-            return Recommendation(
-                None,
-                rule,
-                f"arms {need} on every task ({', '.join(r.arm for r in eligible)}) "
-                "have no memory_bytes",
-                tuple(r.arm for r in eligible),
-            )
-        best = min(
-            ranked,
-            key=lambda r: (
-                r.memory_bytes,
-                -r.speed_ratio if not math.isnan(r.speed_ratio) else math.inf,
-                r.arm,
-            ),
-        )
-        reason = (
-            f"{best.arm}: smallest memory ({_fmt_bytes(best.memory_bytes)}) of "
-            f"{len(eligible)} arm(s) {need} on all {len(all_tasks)} tasks"
-        )
-    return Recommendation(best.arm, rule, reason, tuple(r.arm for r in eligible))

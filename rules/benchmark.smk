@@ -15,6 +15,7 @@ rule benchmark:
         runtime=60,
         attempt=get_attempt,
     params:
+        retry=get_retry("results/{study}/bench/{arm}.json"),
         settings=lookup(dpath="benchmark/settings", within=config),
         baseline=BASELINE,
     script:

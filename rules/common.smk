@@ -2,6 +2,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -9,13 +10,26 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from quantstudy import config as qconfig  # noqa: E402
+from quantstudy import preflight  # noqa: E402
 from quantstudy import records as qrecords  # noqa: E402
 
 # --- config: schema (with defaults), then the checks a schema cannot make -------------------
-qconfig.normalise(config)
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+# All of it runs while the workflow is parsed, so a bad config stops before any job starts (and
+# before Snakemake removes any output to rebuild it). The preflight checks, which ask lm-eval and
+# transformers, run in the process that plans the jobs only: a job's own process (SLURM,
+# `--mode remote`) parses this file again and need not pay for them.
 try:
+    if workflow.is_main_process:
+        qconfig.check_config_files(workflow.configfiles)
+    qconfig.normalise(config)
+    validate(config, workflow.source_path("../schemas/config.schema.yaml"))
     qconfig.check(config, root=workflow.basedir)
+    if workflow.is_main_process:
+        preflight.check(
+            config,
+            root=workflow.basedir,
+            cache_dir=Path(".snakemake/quantstudy-preflight"),
+        )
 except qconfig.ConfigError as e:
     raise WorkflowError(f"Invalid config: {e}")
 
@@ -42,17 +56,26 @@ def is_benchmarked():
 
 
 # A job that fails on its last attempt leaves a failure record as its output, so the rest of
-# the study and its report finish (quantstudy.records). Each new run forces those jobs, and all
-# after them, to run again: a failure is never remembered across runs. Only the main process
-# decides what runs; jobs inherit how many attempts they get.
-if workflow.is_main_process:
-    retries = workflow.execution_settings.retries if workflow.execution_settings else 0
-    os.environ[qrecords.ATTEMPTS_ENV] = str(retries + 1)
-    FAILED_OUTPUTS = qrecords.failed_outputs(STUDY, ARMS, TASKS, is_benchmarked())
-    if FAILED_OUTPUTS:
-        workflow.dag_settings.forcerun = frozenset(
-            workflow.dag_settings.forcerun
-        ) | set(FAILED_OUTPUTS)
+# the study and its report finish (quantstudy.records); its `retry` param makes the next run
+# run it again. Jobs need to know whether an attempt is their last: the main process tells them
+# when it starts running jobs (its settings are not known yet while this file is read).
+onstart:
+    if workflow.is_main_process:
+        os.environ[qrecords.ATTEMPTS_ENV] = str(
+            workflow.execution_settings.retries + 1
+        )
+
+
+def get_retry(record):
+    """The `retry` param of a rule whose record lies at `record` (a pattern of its wildcards):
+    changes once while the job's output is a failure record. A function of the wildcards, not
+    of `output`: Snakemake's params trigger ignores params derived from input or output.
+    """
+
+    def retry(wildcards):
+        return qrecords.retry_token(record.format(**dict(wildcards.items())))
+
+    return retry
 
 
 def get_attempt(wildcards, attempt):

@@ -17,6 +17,7 @@ rule evaluate:
         # a retry after an out-of-memory halves the batch (quantstudy.evaluate)
         attempt=get_attempt,
     params:
+        retry=get_retry("results/{study}/eval/{arm}/{task}.json"),
         task=get_task,
         evaluation=lookup(dpath="evaluation", within=config),
     script:

@@ -15,6 +15,7 @@ rule quantize:
         runtime=120,
         attempt=get_attempt,
     params:
+        retry=get_retry("results/{study}/models/{arm}/quantize.json"),
         arm=get_arm,
     script:
         "../scripts/quantize.py"

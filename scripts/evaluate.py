@@ -29,6 +29,7 @@ with (
         task=snakemake.wildcards.task,  # noqa: F821
         log=log_path,
         attempt=attempt,
+        retry=snakemake.params.retry,  # noqa: F821
         empty=[snakemake.output.samples],  # noqa: F821
     ),
     logged(log_path),

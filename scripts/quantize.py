@@ -19,6 +19,7 @@ with (
         arm=snakemake.wildcards.arm,  # noqa: F821
         log=log,
         attempt=int(snakemake.resources.attempt),  # noqa: F821
+        retry=snakemake.params.retry,  # noqa: F821
         clear=out,
     ),
     logged(log),

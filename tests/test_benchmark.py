@@ -494,7 +494,7 @@ def test_snakemake_script_writes_the_json(dirs, tmp_path):
         scriptdir=str(root / "scripts"),
         input=SimpleNamespace(model=str(dirs["nf4"]), baseline=str(dirs["baseline"])),
         params=SimpleNamespace(
-            settings=_with(PREFILL_ONLY, prefill={"modes": ["eager"]}), device="cpu"
+            settings=_with(PREFILL_ONLY, prefill={"modes": ["eager"]}), device="cpu", retry=...
         ),
         output=[str(out)],
         log=[str(log)],

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantstudy import aggregate, compare, records, report, stats
+from quantstudy import aggregate, compare, policy, records, report, stats
 from quantstudy.benchmark.record import SCHEMA_ID
 
 # --------------------------------------------------------------------------- builders
@@ -289,11 +289,12 @@ def test_oriented_comparisons_keep_their_numbers_and_pass_the_check():
         ignore_index=True,
     )  # fmt: skip
     evals = [{"task": "wiki", "higher_is_better": {"wiki": {"word_perplexity": False}}}]
-    raw = stats.compare(samples, "fp32", margin=0.5, n_boot=300)[1]
+    raw = stats.compare(samples, "fp32", margin=0.5, n_boot=300)[1]  # as if higher were better
     _, oriented = compare.analyse(
         samples, evals, "fp32", ["fp32", "q"], ["wiki"], {"margin": 0.5, "n_boot": 300}
     )
     assert raw["verdict"].tolist() == ["better"] and oriented["verdict"].tolist() == ["worse"]
+    assert oriented["higher_is_better"].tolist() == [False]
     numbers = ["diff", "diff_ci_low", "diff_ci_high", "eq_low", "eq_high", "tost_p"]
     pd.testing.assert_frame_equal(raw[numbers], oriented[numbers])
     assert oriented["diff_ci_low"].iloc[0] > 0  # a loss: perplexity went up
@@ -302,33 +303,27 @@ def test_oriented_comparisons_keep_their_numbers_and_pass_the_check():
         stats.check_verdicts(oriented.assign(verdict="better"), 0.5)
 
 
-def test_lower_is_better_metrics_swap_better_and_worse():
-    comparisons = pd.DataFrame(
-        {
-            "arm": ["a", "a", "a"],
-            "task": ["wiki", "wiki", "mc"],
-            "metric": ["word_perplexity", "bits_per_byte,none", "acc"],
-            "verdict": ["better", "worse", "better"],
-        }  # fmt: skip
-    )
-    hib = {("wiki", "word_perplexity"): False, ("wiki", "bits_per_byte"): False}
-    out = compare.orient(comparisons, hib)
-    assert out["verdict"].tolist() == ["worse", "better", "better"]
-    assert out["higher_is_better"].tolist() == [False, False, True]
+def test_a_lower_is_better_metric_reads_a_rise_as_a_loss():
+    """verdict(): the same significant rise is "better" for accuracy, "worse" for perplexity."""
+    args = dict(diff=0.3, ci=(0.1, 0.5), p=0.001, p_holm=0.002, eq=(0.05, 0.55), margin=0.01)
+    assert stats.verdict(**args).verdict == "better"
+    assert stats.verdict(**args, higher_is_better=False).verdict == "worse"
+    fall = dict(args, diff=-0.3, ci=(-0.5, -0.1), eq=(-0.55, -0.05))
+    assert stats.verdict(**fall, higher_is_better=False).verdict == "better"
 
 
 # --------------------------------------------------------------------------- speed
 
 
 def test_decode_speed_prefers_static_and_reads_faster_as_above_one():
-    fast = compare.decode_speed(bench_record("same", "fp32", 8.0, 10.0))
+    fast = policy.decode_speed(bench_record("same", "fp32", 8.0, 10.0))
     assert fast.ratio == pytest.approx(10.0 / 8.0)
     assert fast.measure.startswith("static mode, decode ms/token at batch 1")
-    eager_only = compare.decode_speed(bench_record("same", "fp32", 20.0, 10.0, static=False))
+    eager_only = policy.decode_speed(bench_record("same", "fp32", 20.0, 10.0, static=False))
     assert eager_only.ratio == pytest.approx(0.5)
     assert eager_only.measure.startswith("eager mode")
-    assert compare.decode_speed(bench_record("fp32", "fp32", 10.0, 10.0)).ratio == 1.0
-    assert math.isnan(compare.decode_speed({"modes": {}}).ratio)
+    assert policy.decode_speed(bench_record("fp32", "fp32", 10.0, 10.0)).ratio == 1.0
+    assert math.isnan(policy.decode_speed({"modes": {}}).ratio)
 
 
 # --------------------------------------------------------------------------- the decision
@@ -347,7 +342,7 @@ def test_tables_equal_stats_compare_on_the_same_samples(study):
     )
     pd.testing.assert_frame_equal(pd.read_csv(out["scores"]), scores, check_dtype=False)
     decision = pd.read_csv(out["decision"]).set_index("arm")
-    expected = stats.task_verdicts(comparisons)
+    expected = policy.task_verdicts(comparisons)
     for arm in ("same", "bad", "small", "gone"):
         for task in TASKS:
             assert decision.loc[arm, f"verdict:{task}"] == expected[arm][task]
@@ -380,8 +375,8 @@ def test_fastest_rule_and_primary_metric(study):
     evals = [json.loads(p.read_text()) for p in files["evals"]]
     _, comparisons = compare.analyse(samples, evals, "fp32", list(ARMS), TASKS, ANALYSIS)
     quant = aggregate.load_quantize_records(files["models"])
-    speeds = {a: compare.Speed(BENCH_MS["fp32"] / ms, "x") for a, ms in BENCH_MS.items()}
-    decision, rec = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, speeds,
+    speeds = {a: policy.Speed(BENCH_MS["fp32"] / ms, "x") for a, ms in BENCH_MS.items()}
+    decision, rec = policy.decision_table(comparisons, ARMS, "fp32", TASKS, quant, speeds,
                                            {}, "fastest-equivalent")  # fmt: skip
     assert rec.arm == "same"  # 1.25x; "bad" is faster but worse
     assert decision.set_index("arm").loc["gone", "status"] == "missing: not built"
@@ -396,7 +391,7 @@ def test_missing_evaluation_marks_the_arm_incomplete(study):
     _, comparisons = compare.analyse(samples, [], "fp32", list(ARMS), TASKS, ANALYSIS)
     quant = aggregate.load_quantize_records(files["models"])
     reasons = {("same", "qa"): "evaluation failed (log: y)"}
-    decision, _ = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, reasons,
+    decision, _ = policy.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, reasons,
                                          "smallest-equivalent")  # fmt: skip
     row = decision.set_index("arm").loc["same"]
     assert row["verdict:qa"] == "missing" and row["verdict:mc"] == "equivalent"
@@ -409,7 +404,7 @@ def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
                                         "batch_halvings": k}  # fmt: skip
     evals = [run("fp32", "qa", 8), run("same", "qa", 8), run("bad", "qa", 4, 1),
              run("fp32", "mc", 16, 1), run("same", "mc", 32), run("small", "mc", 16)]  # fmt: skip
-    caveats = compare.batch_caveats(evals, "fp32")
+    caveats = policy.batch_caveats(evals, "fp32")
     assert caveats == {
         "bad": "qa ran at batch 4 (halved 1× after an out-of-memory), the baseline at 8",
         "same": "mc ran at batch 32, the baseline at 16 (halved 1× after an out-of-memory)",
@@ -417,7 +412,7 @@ def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
     samples = compare.load_samples(files["samples"])
     _, comparisons = compare.analyse(samples, [], "fp32", list(ARMS), TASKS, ANALYSIS)
     quant = aggregate.load_quantize_records(files["models"])
-    decision, _ = compare.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, {},
+    decision, _ = policy.decision_table(comparisons, ARMS, "fp32", TASKS, quant, {}, {},
                                          "smallest-equivalent", caveats=caveats)  # fmt: skip
     decision = decision.set_index("arm")
     assert decision.loc["bad", "caveat"] == caveats["bad"]
@@ -429,7 +424,7 @@ def test_an_arm_run_at_another_batch_size_gets_a_caveat(study):
 def test_power_states_the_detectable_difference(study):
     _, _, out = study
     comparisons = pd.read_csv(out["comparisons"])
-    power = compare.power_by_task(comparisons).set_index(["task", "metric"])
+    power = policy.power_by_task(comparisons).set_index(["task", "metric"])
     mc = comparisons[(comparisons.task == "mc") & (comparisons.verdict != "missing")]
     assert power.loc[("mc", "acc"), "mdd_max"] == pytest.approx(mc["mdd"].max())
     assert power.loc[("mc", "acc"), "n"] == N
@@ -479,34 +474,44 @@ def test_a_failed_input_is_recorded_at_once_with_empty_outputs(tmp_path, monkeyp
     assert samples.read_text() == ""
 
 
-def test_failed_jobs_and_outputs_are_read_from_the_records(tmp_path, monkeypatch):
+def test_failed_jobs_are_read_from_the_records(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    study, arms, tasks = "s", ["base", "a", "b"], ["t1", "t2"]
-    for output, record in records.job_outputs(study, arms, tasks, benchmarked=True):
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"arm": output}))
+    arms, tasks = ["base", "a", "b"], ["t1", "t2"]
+    models = [f"results/s/models/{a}" for a in arms]
+    evals = [f"results/s/eval/{a}/{t}.json" for a in arms for t in tasks]
+    benches = [f"results/s/bench/{a}.json" for a in arms]
+    for path in [records.quantize_record_path(m) for m in models] + evals + benches:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"arm": str(path)}))
     fail(Path("results/s/models/b/quantize.json"), "quantize", "b")
     fail(Path("results/s/eval/a/t2.json"), "evaluate", "a", "t2")
     fail(Path("results/s/bench/a.json"), "benchmark", "a")
-    assert records.failed_outputs(study, arms, tasks, True) == [
-        "results/s/eval/a/t2.json", "results/s/bench/a.json", "results/s/models/b",
-    ]  # fmt: skip
-    assert records.failed_outputs(study, arms, tasks, False) == [
-        "results/s/eval/a/t2.json", "results/s/models/b",
-    ]  # fmt: skip
-    failed = compare.failed_jobs(
-        [f"results/s/models/{a}" for a in arms],
-        [f"results/s/eval/{a}/{t}.json" for a in arms for t in tasks],
-        [f"results/s/bench/{a}.json" for a in arms],
-    )
+    failed = compare.failed_jobs(models, evals, benches)
     assert [(f["stage"], f["arm"], f["task"]) for f in failed] == [
         ("quantize", "b", None), ("evaluate", "a", "t2"), ("benchmark", "a", None),
     ]  # fmt: skip
-    reasons = compare.missing_reasons(failed)
+    reasons = policy.missing_reasons(failed)
     assert reasons["b"].startswith("quantize failed: RuntimeError: b broke")
     assert ("a", "t2") in reasons and ("benchmark", "a") in reasons
     assert len(records.successes([f"results/s/eval/{a}/t2.json" for a in arms])) == 2
 
 
-def test_nothing_failed_means_nothing_is_forced(tmp_path):
-    assert records.failed_outputs("s", ["a"], ["t"], True, root=tmp_path) == []
+def test_a_failure_changes_the_retry_param_until_a_retry_succeeds(tmp_path):
+    """The `retry` param Snakemake compares between runs: NO_RETRY (left out of its params
+    trigger) until a job fails, then the failure's id, kept by the retry that succeeds."""
+    out = tmp_path / "eval" / "a" / "t.json"
+    assert records.retry_token(out) is records.NO_RETRY  # nothing there yet
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"arm": "a"}))
+    assert records.retry_token(out) is records.NO_RETRY  # never failed: nothing changes
+    fail(out, "evaluate", "a", "t")
+    token = records.retry_token(out)
+    assert isinstance(token, str) and records.read(out)["failure_id"] in token
+    with records.recording_failure(
+        "evaluate", out, arm="a", task="t", log=tmp_path / "t.log", retry=token
+    ):
+        out.write_text(json.dumps({"arm": "a", "n_samples": 3}))  # the retry succeeds
+    assert records.retry_token(out) == token  # the next run sees the param the retry ran with
+    assert records.read(out)["n_samples"] == 3
+    fail(out, "evaluate", "a", "t")  # it fails again: a new id, so a new retry
+    assert records.retry_token(out) not in (token, records.NO_RETRY)
