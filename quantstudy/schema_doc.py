@@ -1,6 +1,6 @@
-"""The README's config reference, generated from schemas/config.schema.yaml.
+"""The config reference (docs/configuration.md), generated from schemas/config.schema.yaml.
 
-`python -m quantstudy.schema_doc --write` rewrites the block between the README's
+`python -m quantstudy.schema_doc --write` rewrites the block between docs/configuration.md's
 `config-reference` markers; a test fails when the two drift apart.
 """
 
@@ -15,7 +15,7 @@ import yaml
 
 from .config import SCHEMA
 
-README = SCHEMA.parent.parent / "README.md"
+REFERENCE = SCHEMA.parent.parent / "docs" / "configuration.md"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
 
@@ -105,20 +105,22 @@ def reference_markdown(schema: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_readme(readme: Path = README) -> None:
-    """Replace the README's generated block with the current reference."""
-    text = readme.read_text()
+def write_reference(page: Path = REFERENCE) -> None:
+    """Replace the page's generated block with the current reference."""
+    text = page.read_text()
     before, rest = text.split(BEGIN)
     _, after = rest.split(END)
     schema = yaml.safe_load(SCHEMA.read_text())
-    readme.write_text(f"{before}{BEGIN}\n{reference_markdown(schema)}{END}{after}")
+    page.write_text(f"{before}{BEGIN}\n{reference_markdown(schema)}{END}{after}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite README.md's reference block")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite docs/configuration.md's reference block"
+    )
     args = parser.parse_args()
     if args.write:
-        write_readme()
+        write_reference()
     else:
         print(reference_markdown(yaml.safe_load(SCHEMA.read_text())))
