@@ -37,6 +37,7 @@ from quantstudy.quantize import (  # noqa: E402
     probe_logits,
 )
 from quantstudy.sources import prepare_model  # noqa: E402
+from quantstudy.study import Model  # noqa: E402
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -248,7 +249,7 @@ def main() -> None:
         (tmp / "config").mkdir()
         (tmp / "config/config.json").write_text(json.dumps(config))
         spec = {"source": "random-init", "path": str(tmp / "config"), "dtype": "bf16", "seed": 0}
-        prepare_model(spec, tmp / "source")
+        prepare_model(Model.parse(spec), tmp / "source")
         for method in args.methods.split(","):
             for load_on in args.load_on.split(","):
                 for save_on in args.save_on.split(","):

@@ -1,31 +1,52 @@
-"""Typed arm specs parsed from the (schema-validated) config; unknown keys fail naming the field."""
+"""Typed arm specs parsed from the config; a wrong type or an unknown key fails naming the field.
+
+One pydantic model per method (a union discriminated by `method`), each with its defaults on its
+fields; schemas/config.schema.yaml states the same defaults for the generated reference (a test
+holds the two equal). Importing this module does not import torch.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import torch
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
-from .config import ConfigError
+from .config import Number, Spec, config_error
 
-DTYPES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
-}
-STORAGE: dict[str, torch.dtype] = {"uint8": torch.uint8, **DTYPES}
+if TYPE_CHECKING:
+    import torch
 
-
-def _check_choice(arm: str, name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        allowed = ", ".join(map(str, choices))
-        raise ConfigError(f"arms.{arm}.{name}: {value!r} is not one of {allowed}")
+Dtype = Literal["bf16", "fp16", "fp32"]
+Storage = Literal["uint8", "bf16", "fp16", "fp32"]
+TORCH_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "uint8": "uint8"}
 
 
-@dataclass(frozen=True)
-class Calibration:
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a config dtype name (bf16, fp16, fp32, or the storage type uint8)."""
+    import torch
+
+    return getattr(torch, TORCH_NAMES[name])
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    raise PydanticCustomError("list_type", "Input should be a list of module names")
+
+
+# Module names: a YAML list, held as a tuple (the spec is read-only and hashable).
+Modules = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+
+
+class Calibration(Spec):
     """Calibration text for GPTQ/AWQ: a local file (`path`) or a Hugging Face dataset."""
 
     path: str | None = None
@@ -33,45 +54,50 @@ class Calibration:
     config_name: str | None = "wikitext-2-raw-v1"
     split: str = "train"
     text_field: str = "text"
-    num_samples: int = 256
-    seq_len: int = 2048
+    num_samples: Annotated[int, Field(ge=1)] = 256
+    seq_len: Annotated[int, Field(ge=8)] = 2048
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Arm:
-    """Fields every arm has."""
+class Arm(Spec):
+    """Fields every arm has; its name is the key it has under `arms:` (set by parse_arm)."""
 
-    name: str
     method: str
-    dtype: str = "bf16"
+    dtype: Dtype = "bf16"
     methods: ClassVar[tuple[str, ...]] = ()
+    _name: str = PrivateAttr(default="")
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return torch_dtype(self.dtype)
+
+    def params(self) -> dict[str, Any]:
+        """The arm's parameters as written to quantize.json (name left out)."""
+        return self.model_dump()
+
+    @classmethod
+    def _owner(cls, data: Any) -> str:
+        return f" for method {data['method']!r}" if "method" in data else ""
+
+
+class BaselineArm(Arm):
+    method: Literal["baseline"]
+    methods: ClassVar[tuple[str, ...]] = ("baseline",)
 
     @property
     def bits(self) -> int:
         return {"bf16": 16, "fp16": 16, "fp32": 32}[self.dtype]
 
-    def params(self) -> dict[str, Any]:
-        """The arm's parameters as written to quantize.json (name left out)."""
-        d = dataclasses.asdict(self)
-        d.pop("name")
-        return d
 
-
-@dataclass(frozen=True)
-class BaselineArm(Arm):
-    methods: ClassVar[tuple[str, ...]] = ("baseline",)
-
-
-@dataclass(frozen=True)
 class BnbInt8Arm(Arm):
-    dtype: str = "fp16"
-    threshold: float = 6.0
-    skip_modules: tuple[str, ...] = ("lm_head",)
+    method: Literal["bnb-int8"]
+    dtype: Dtype = "fp16"
+    threshold: Annotated[Number, Field(ge=0)] = 6.0
+    skip_modules: Modules = ("lm_head",)
     methods: ClassVar[tuple[str, ...]] = ("bnb-int8",)
 
     @property
@@ -79,13 +105,13 @@ class BnbInt8Arm(Arm):
         return 8
 
 
-@dataclass(frozen=True)
 class Bnb4bitArm(Arm):
-    quant_type: str = "nf4"
+    method: Literal["bnb-4bit"]
+    quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = False
-    compute_dtype: str = "bf16"
-    quant_storage: str = "uint8"
-    skip_modules: tuple[str, ...] = ("lm_head",)
+    compute_dtype: Dtype = "bf16"
+    quant_storage: Storage = "uint8"
+    skip_modules: Modules = ("lm_head",)
     methods: ClassVar[tuple[str, ...]] = ("bnb-4bit",)
 
     @property
@@ -93,14 +119,14 @@ class Bnb4bitArm(Arm):
         return 4
 
 
-@dataclass(frozen=True)
 class LlmCompressorArm(Arm):
-    bits: int = 4  # type: ignore[assignment]  # a field here, a property elsewhere
+    method: Literal["gptq", "awq"]
+    bits: Literal[4, 8] = 4
     symmetric: bool = True
-    group_size: int = 128
-    ignore: tuple[str, ...] = ("lm_head",)
-    dampening_frac: float = 0.01
-    calibration: Calibration = field(default_factory=Calibration)
+    group_size: Annotated[int, Field(ge=1)] = 128
+    ignore: Modules = ("lm_head",)
+    dampening_frac: Annotated[Number, Field(gt=0)] = 0.01
+    calibration: Calibration = Calibration()
     methods: ClassVar[tuple[str, ...]] = ("gptq", "awq")
 
     @property
@@ -113,35 +139,20 @@ ARM_TYPES: dict[str, type[Arm]] = {
     m: cls for cls in (BaselineArm, BnbInt8Arm, Bnb4bitArm, LlmCompressorArm) for m in cls.methods
 }
 
+# Any arm: the model its `method` names.
+AnyArm = Annotated[
+    BaselineArm | BnbInt8Arm | Bnb4bitArm | LlmCompressorArm, Discriminator("method")
+]
+_ANY_ARM: TypeAdapter[Arm] = TypeAdapter(AnyArm)
 
-def parse_arm(name: str, spec: dict[str, Any]) -> Arm:
+
+def parse_arm(name: str, spec: Any) -> Arm:
     """Build the typed spec of one arm; a wrong or unknown field raises ConfigError naming it."""
-    if not isinstance(spec, dict) or "method" not in spec:
-        raise ConfigError(f"arms.{name}.method: missing")
-    _check_choice(name, "method", spec["method"], tuple(ARM_TYPES))
-    cls = ARM_TYPES[spec["method"]]
-    known = {f.name for f in dataclasses.fields(cls)} - {"name"}
-    for key in spec:
-        if key not in known:
-            raise ConfigError(f"arms.{name}.{key}: unknown field for method {spec['method']!r}")
-    values = dict(spec)
-    for key in ("skip_modules", "ignore"):
-        if key in values:
-            values[key] = tuple(values[key])
-    if "calibration" in values:
-        calib_fields = {f.name for f in dataclasses.fields(Calibration)}
-        for key in values["calibration"]:
-            if key not in calib_fields:
-                raise ConfigError(f"arms.{name}.calibration.{key}: unknown field")
-        values["calibration"] = Calibration(**values["calibration"])
-    arm = cls(name=name, **values)
-    _check_choice(name, "dtype", arm.dtype, tuple(DTYPES))
-    if isinstance(arm, Bnb4bitArm):
-        _check_choice(name, "quant_type", arm.quant_type, ("nf4", "fp4"))
-        _check_choice(name, "compute_dtype", arm.compute_dtype, tuple(DTYPES))
-        _check_choice(name, "quant_storage", arm.quant_storage, tuple(STORAGE))
-    if isinstance(arm, LlmCompressorArm):
-        _check_choice(name, "bits", arm.bits, (4, 8))
+    try:
+        arm = _ANY_ARM.validate_python(spec)
+    except ValidationError as e:
+        raise config_error(e, ("arms", name)) from None
+    arm._name = name
     return arm
 
 

@@ -21,6 +21,7 @@ from . import policy, records, report, stats
 from .aggregate import load_quantize_records
 from .benchmark.record import read_many as read_benchmarks
 from .provenance import code_versions, mixed_code_warning
+from .study import Analysis
 
 SAMPLES_SUFFIX = ".samples.jsonl"
 
@@ -179,17 +180,17 @@ def analyse(
     baseline: str,
     arms: Sequence[str],
     tasks: Sequence[str],
-    analysis: Mapping[str, Any],
+    analysis: Analysis,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scores, comparisons) of every configured arm and task, verdicts by each metric's
     direction (lm-eval's higher_is_better). ``analysis`` is the config's `analysis` section."""
     return stats.compare(
         samples,
         baseline,
-        margin=analysis.get("margin", 0.01),
-        alpha=analysis.get("alpha", 0.05),
-        n_boot=analysis.get("n_boot", 2000),
-        seed=analysis.get("seed", 0),
+        margin=analysis.margin,
+        alpha=analysis.alpha,
+        n_boot=analysis.n_boot,
+        seed=analysis.seed,
         arms=list(arms),
         tasks=list(tasks),
         higher_is_better=metric_directions(samples, eval_jsons),
@@ -204,7 +205,7 @@ def run(
     arms: Mapping[str, Mapping[str, Any]],
     tasks: Sequence[str],
     baseline: str,
-    analysis: Mapping[str, Any],
+    analysis: Analysis,
     study: str,
     out: Mapping[str, Path | str],
 ) -> policy.Recommendation:
@@ -220,7 +221,7 @@ def run(
     scores, comparisons = analyse(samples, evals, baseline, list(arms), tasks, analysis)
     quant = load_quantize_records(model_dirs)
     benches = read_benchmarks(bench_files)
-    primary = analysis.get("primary_metrics") or {}
+    primary = analysis.primary_metrics
     decision, rec = policy.decision_table(
         comparisons,
         arms,
@@ -229,7 +230,7 @@ def run(
         quant,
         {b["arm"]: policy.decode_speed(b) for b in benches},
         policy.missing_reasons(missing),
-        analysis.get("recommend", "smallest-equivalent"),
+        analysis.recommend,
         primary,
         policy.batch_caveats(evals, baseline),
     )

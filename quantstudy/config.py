@@ -1,16 +1,24 @@
-"""Loading and checking a study config: the JSON schema first, then the checks a schema cannot say."""
+"""Loading and checking a study config: the JSON schema first, then the typed model
+(quantstudy.study), then the checks neither can say."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from .calibration import read_calibration_file
+
+if TYPE_CHECKING:
+    from .arms import Calibration
+    from .study import Study
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -24,6 +32,100 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 
 class ConfigError(ValueError):
     """A config value is wrong; the message starts with the field's dotted path."""
+
+
+# --- the typed model's base: strict types, no unknown keys, errors that name the field ---------
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number_type", "Input should be a number")
+    return value
+
+
+# A number as written: an int stays an int (records show it as the config says it), a float a
+# float; a string or a bool is refused.
+Number = Annotated[int | float, BeforeValidator(_number)]
+
+
+class Spec(BaseModel):
+    """A typed piece of the study config (llm-compressor's modifiers are the model): every field
+    has its type and its default here, a string is not a number, and an unknown key is an error
+    that names the field and the closest known one. Read-only once built."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    _unknown_what: ClassVar[str] = "field"  # "unknown field": the word for a key this model has
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = list(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), known, n=1)
+                    raise PydanticCustomError(
+                        "unknown_field",
+                        "unknown {what}{owner}{hint}",
+                        {
+                            "at": (key,),
+                            "what": cls._unknown_what,
+                            "owner": cls._owner(data),
+                            "hint": f"; did you mean {close[0]!r}?" if close else "",
+                        },
+                    )
+        return data
+
+    @classmethod
+    def _owner(cls, data: Mapping[str, Any]) -> str:
+        """Words after "unknown field" that say whose field it is not (an arm's method)."""
+        return ""
+
+    @classmethod
+    def parse(cls, data: Any, where: tuple[str, ...] = ()) -> Self:
+        """The typed model of `data`, a plain config mapping found at path `where` (its keys)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise config_error(e, where) from None
+
+
+def config_error(error: ValidationError, where: tuple[str, ...] = ()) -> ConfigError:
+    """A ConfigError that starts with the dotted path of each wrong field (`where` leads it)."""
+    return ConfigError("; ".join(_message(e, where) for e in error.errors()))
+
+
+def _message(e: Mapping[str, Any], prefix: tuple[str, ...]) -> str:
+    """One pydantic error as `dotted.path: what is wrong (got …)`."""
+    from .arms import ARM_TYPES
+
+    loc = [*prefix, *map(str, e["loc"])]
+    # a discriminated union puts the tag it chose into the location: arms.<name>.<method>.<field>
+    if len(loc) > 2 and loc[0] == "arms" and loc[2] in ARM_TYPES:
+        del loc[2]
+    ctx = e["ctx"] if "ctx" in e else {}
+    kind = e["type"]
+    if kind == "union_tag_not_found":
+        loc.append(ctx["discriminator"].strip("'"))
+        text = "missing"
+    elif kind == "union_tag_invalid":
+        loc.append(ctx["discriminator"].strip("'"))
+        text = f"{ctx['tag']!r} is not one of {_choices(ctx['expected_tags'])}"
+    elif kind == "literal_error":
+        text = f"{e['input']!r} is not one of {_choices(ctx['expected'])}"
+    elif kind in ("missing", "extra_forbidden") or "at" in ctx:
+        text = e["msg"]  # our own errors (ctx["at"]) say it all; their input may be a whole section
+    else:
+        got = repr(e["input"])
+        text = f"{e['msg']} (got {got if len(got) <= 60 else got[:57] + '...'})"
+    if "at" in ctx:
+        loc += map(str, ctx["at"])
+    return f"{'.'.join(loc)}: {text}" if loc else text
+
+
+def _choices(expected: str) -> str:
+    """pydantic's "'a', 'b' or 'c'" as "a, b, c"."""
+    return ", ".join(c.strip().strip("'") for c in re.split(r",| or ", expected))
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -103,22 +205,6 @@ def validate_schema(config: dict[str, Any], schema: Path = SCHEMA) -> None:
     validate(normalise(config), str(schema), set_default=True)
 
 
-def baseline_arm(config: dict[str, Any]) -> str:
-    """The arm every other arm is compared with: `baseline:` or the first arm of method baseline."""
-    arms = config["arms"]
-    name = config.get("baseline")
-    if name is not None:
-        if name not in arms:
-            raise ConfigError(f"baseline: {name!r} is not one of the arms ({', '.join(arms)})")
-        return name
-    for arm, spec in arms.items():
-        if spec["method"] == "baseline":
-            return arm
-    raise ConfigError(
-        "baseline: no arm has method 'baseline'; add one or name the reference arm with `baseline:`"
-    )
-
-
 def resolve_path(path: str, python_package: str | None = None, root: Path | str = ".") -> Path:
     """A path from the config: inside an installed package when one is named, else under root."""
     if python_package:
@@ -160,71 +246,83 @@ def check_tokenizer(field: str, path: Path, trust_remote_code: bool = False) -> 
         ) from None
 
 
-def check_calibration(arm: str, calib: dict[str, Any], root: Path | str) -> None:
+def check_calibration(arm: str, calib: Calibration, root: Path | str) -> None:
     """A local calibration file holds at least `num_samples` usable texts."""
-    path = resolve_path(calib["path"], None, root)
+    path = resolve_path(calib.path, None, root)
     field = f"arms.{arm}.calibration"
     if not path.is_file():
         raise ConfigError(f"{field}.path: {str(path)!r} is not a file")
     try:
-        texts = read_calibration_file(path, calib["text_field"])
+        texts = read_calibration_file(path, calib.text_field)
     except ValueError as e:  # bad JSON, a row without text_field, or not UTF-8
         raise ConfigError(f"{field}.path: {e}") from None
-    unit = f"rows with {calib['text_field']!r}" if path.suffix == ".jsonl" else "non-empty lines"
+    unit = f"rows with {calib.text_field!r}" if path.suffix == ".jsonl" else "non-empty lines"
     if not texts:
         raise ConfigError(f"{field}.path: {str(path)!r} holds no usable text (no {unit})")
-    if len(texts) < calib["num_samples"]:
+    if len(texts) < calib.num_samples:
         raise ConfigError(
-            f"{field}.num_samples: {calib['num_samples']} samples asked for, but {str(path)!r} "
+            f"{field}.num_samples: {calib.num_samples} samples asked for, but {str(path)!r} "
             f"holds only {len(texts)} ({unit}); lower num_samples or add text"
         )
 
 
-def check(config: dict[str, Any], root: Path | str = ".") -> None:
+def typed(config: Mapping[str, Any]) -> Study:
+    """The typed model of a schema-validated config; a wrong field raises ConfigError naming it.
+
+    The workflow builds it once, right after the schema, so every field (benchmark settings
+    included) is checked before any job.
+    """
+    from .study import Study
+
+    return Study.parse(config)
+
+
+def check(study: Study, root: Path | str = ".") -> None:
     """Cross-field checks that read only the config and small files (cheap, run in every process).
 
-    Names are safe as paths, the baseline exists, every local file the study names is there, a
-    local model and a tokenizer directory hold a tokenizer, and a local calibration file holds
-    the samples asked for.
+    Names are safe as paths, every local file the study names is there, a local model and a
+    tokenizer directory hold a tokenizer, and a local calibration file holds the samples asked
+    for. (Types, choices, bounds and the baseline are the typed model's: quantstudy.study.)
     """
-    check_name("study", config["study"])
-    for arm in config["arms"]:
+    check_name("study", study.study)
+    for arm in study.arms:
         check_name("arms", arm)
-    for task in config["tasks"]:
+    for task in study.tasks:
         check_name("tasks", task)
-    baseline_arm(config)
-    model = config["model"]
-    if model["source"] in ("local", "gguf", "random-init"):
-        path = resolve_path(model["path"], model.get("python_package"), root)
+    model = study.model
+    if model.source in ("local", "gguf", "random-init"):
+        path = resolve_path(model.path, model.python_package, root)
         if not path.exists():
             raise ConfigError(f"model.path: {str(path)!r} does not exist")
-        if model["source"] == "gguf" and not path.name.endswith(".gguf"):
+        if model.source == "gguf" and not path.name.endswith(".gguf"):
             raise ConfigError(f"model.path: {str(path)!r} is not a .gguf file")
-        if model["source"] == "local":
+        if model.source == "local":
             if not (path / "config.json").is_file():
                 raise ConfigError(
                     f"model.path: {str(path)!r} is not a model folder (no config.json)"
                 )
-            check_tokenizer("model.path", path, model["trust_remote_code"])
-    if model["source"] == "random-init" and model.get("tokenizer"):
-        tok = model["tokenizer"]
-        tpath = resolve_path(tok["path"], tok.get("python_package"), root)
+            check_tokenizer("model.path", path, model.trust_remote_code)
+    if model.source == "random-init" and model.tokenizer is not None:
+        tok = model.tokenizer
+        tpath = resolve_path(tok.path, tok.python_package, root)
         if not tpath.exists():
             raise ConfigError(f"model.tokenizer.path: {str(tpath)!r} does not exist")
         check_tokenizer("model.tokenizer.path", tpath)
-    for arm, spec in config["arms"].items():
-        if spec["method"] in ("gptq", "awq") and spec["group_size"] <= 0:
-            raise ConfigError(f"arms.{arm}.group_size: {spec['group_size']} is not positive")
-        calib = spec.get("calibration")
-        if calib and calib.get("path"):
-            check_calibration(arm, calib, root)
-    include = resolve_path(config["evaluation"]["include_path"], None, root)
+    from .arms import LlmCompressorArm
+
+    for name, arm in study.arms.items():
+        if isinstance(arm, LlmCompressorArm) and arm.calibration.path is not None:
+            check_calibration(name, arm.calibration, root)
+    include = resolve_path(study.evaluation.include_path, None, root)
     if not include.is_dir():
         raise ConfigError(f"evaluation.include_path: {str(include)!r} is not a directory")
 
 
 def load(path: str | Path, root: Path | str | None = None) -> dict[str, Any]:
-    """Read, validate and check a config file, as the workflow does at its start (preflight too)."""
+    """Read, validate and check a config file, as the workflow does at its start (preflight too).
+
+    Returns the plain config (schema defaults filled in), as Snakemake holds it.
+    """
     from . import preflight
 
     path = Path(path)
@@ -233,7 +331,8 @@ def load(path: str | Path, root: Path | str | None = None) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a mapping")
     config = copy.deepcopy(config)
     validate_schema(config)
+    study = typed(config)
     root = root if root is not None else Path.cwd()
-    check(config, root)
-    preflight.check(config, root)
+    check(study, root)
+    preflight.check(study, root)
     return config

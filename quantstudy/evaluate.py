@@ -18,11 +18,12 @@ from .device import device_record
 from .loading import bnb_cpu_record, load_arm
 from .memory import is_out_of_memory
 from .provenance import code_version, package_versions, write_json
+from .study import Task
 
 log = logging.getLogger(__name__)
 
 
-def batch_size_for(task_spec: dict[str, Any], baseline_eval: Path | str | None) -> int | str:
+def batch_size_for(task_spec: Task, baseline_eval: Path | str | None) -> int | str:
     """The batch size an arm runs a task with.
 
     An integer is used as given. With "auto", the baseline arm (given no `baseline_eval`) lets
@@ -30,9 +31,8 @@ def batch_size_for(task_spec: dict[str, Any], baseline_eval: Path | str | None) 
     baseline's results: arms of one comparison must run with the same batch size, since padding
     moves lm-eval's scores.
     """
-    size = task_spec.get("batch_size", "auto")
-    if size != "auto":
-        return int(size)
+    if task_spec.batch_size != "auto":
+        return task_spec.batch_size
     if baseline_eval is None:
         return "auto"
     return int(json.loads(Path(baseline_eval).read_text())["batch_size_used"])
@@ -105,7 +105,7 @@ def run_lm_eval(
     model,
     tokenizer,
     task: str,
-    task_spec: dict[str, Any],
+    task_spec: Task,
     batch_size: int | str,
     include_path: str | None,
     max_batch_size: int = 64,
@@ -134,15 +134,15 @@ def run_lm_eval(
             return size
 
         lm._detect_batch_size = recording
-    seed = int(task_spec.get("seed", 1234))
+    seed = task_spec.seed
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=[task],
-        num_fewshot=task_spec.get("num_fewshot"),
-        limit=task_spec.get("limit"),
+        num_fewshot=task_spec.num_fewshot,
+        limit=task_spec.limit,
         log_samples=True,
-        apply_chat_template=bool(task_spec.get("apply_chat_template", False)),
-        gen_kwargs=task_spec.get("gen_kwargs"),
+        apply_chat_template=task_spec.apply_chat_template,
+        gen_kwargs=task_spec.gen_kwargs,
         task_manager=TaskManager(include_path=include_path) if include_path else TaskManager(),
         random_seed=seed,
         numpy_random_seed=seed,
@@ -203,7 +203,7 @@ def evaluate(
     model_dir: Path | str,
     arm: str,
     task: str,
-    task_spec: dict[str, Any],
+    task_spec: Task,
     batch_size: int | str,
     include_path: str | None,
     out_json: Path | str,
@@ -242,7 +242,7 @@ def evaluate(
     summary = {
         "arm": arm,
         "task": task,
-        "task_spec": task_spec,
+        "task_spec": task_spec.model_dump(exclude_unset=True),  # the config's entry as given
         "batch_size_configured": configured,
         "batch_halvings": halvings,
         "earlier_attempts": earlier_attempts or [],

@@ -43,6 +43,8 @@ from plotnine import (
     theme_void,
 )
 
+from .arms import parse_arm
+
 VERDICT_COLORS = {
     "baseline": "#334155",
     "equivalent": "#16a34a",
@@ -228,20 +230,20 @@ def bnb4_factors(
     """The 4-bit bitsandbytes arms and their quant_type, double_quant and compute_dtype.
 
     Read from each arm's quantize.json `parameters` (what was applied); an arm that was not
-    built falls back to its config entry and is marked built = False.
+    built falls back to its typed config entry and is marked built = False.
     """
     rows = []
     for arm, spec in arms.items():
         rec = quant.get(arm)
-        params = (rec or {}).get("parameters") or spec
-        if params.get("method", (rec or {}).get("method")) != "bnb-4bit":
+        params = rec["parameters"] if rec else parse_arm(arm, spec).params()
+        if params["method"] != "bnb-4bit":
             continue
         rows.append(
             {
                 "arm": arm,
-                "quant_type": str(params.get("quant_type", "nf4")),
-                "double_quant": bool(params.get("double_quant", False)),
-                "compute_dtype": str(params.get("compute_dtype", "bf16")),
+                "quant_type": str(params["quant_type"]),
+                "double_quant": bool(params["double_quant"]),
+                "compute_dtype": str(params["compute_dtype"]),
                 "built": rec is not None,
             }
         )
@@ -486,7 +488,7 @@ def quantize_time_data(
         rows.append(
             {
                 "arm": arm,
-                "method": (rec or {}).get("method", spec.get("method")),
+                "method": rec["method"] if rec else spec["method"],
                 "seconds": float(rec["seconds"]) if rec else math.nan,
                 "device": ((rec or {}).get("device") or {}).get("name"),
                 "built": rec is not None,

@@ -319,7 +319,7 @@ def decision_table(
                 status = "incomplete: " + "; ".join(f"{t} {missing[(arm, t)]}" for t in gaps)
         row = {
             "arm": arm,
-            "method": (rec or {}).get("method", spec.get("method")),
+            "method": rec["method"] if rec else spec["method"],
             "bits": (rec or {}).get("bits"),
             "role": "baseline" if arm == baseline else "candidate",
             "status": status,

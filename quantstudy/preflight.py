@@ -19,15 +19,17 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, resolve_path
+
+if TYPE_CHECKING:
+    from .study import Study
 
 log = logging.getLogger(__name__)
 
 # Bump when what a cached answer means changes (e.g. how layers are skipped).
 CACHE_VERSION = 1
-LLMCOMPRESSOR_METHODS = ("gptq", "awq")
 
 # digest of a key -> (value, computed in this process rather than read from the cache folder)
 _memo: dict[str, tuple[Any, bool]] = {}
@@ -86,10 +88,10 @@ def _yaml_files(folder: Path) -> list[list]:
     return [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def check_tasks(config: dict[str, Any], root: Path | str, cache_dir: Path | None = None) -> None:
+def check_tasks(study: Study, root: Path | str, cache_dir: Path | None = None) -> None:
     """Every task of the study is a task, group or tag lm-eval finds, as the evaluate jobs ask it
     (evaluation.include_path, then its registry)."""
-    include = resolve_path(config["evaluation"]["include_path"], None, root)
+    include = resolve_path(study.evaluation.include_path, None, root)
     version = importlib.metadata.version("lm_eval")
     lookups = [
         (
@@ -102,10 +104,10 @@ def check_tasks(config: dict[str, Any], root: Path | str, cache_dir: Path | None
     known: set[str] = set()
     for refresh in (False, True):  # a cached index may predate an edit: look again, then refuse
         for key, names in lookups:
-            if all(task in known for task in config["tasks"]):
+            if all(task in known for task in study.tasks):
                 return
             known |= set(_cached(cache_dir, key, names, refresh=refresh))
-    for task in config["tasks"]:
+    for task in study.tasks:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -118,20 +120,17 @@ def check_tasks(config: dict[str, Any], root: Path | str, cache_dir: Path | None
 # --- group sizes --------------------------------------------------------------------------------
 
 
-def architecture_file(
-    config: dict[str, Any], root: Path | str, workdir: Path | str = "."
-) -> Path | None:
+def architecture_file(study: Study, root: Path | str, workdir: Path | str = ".") -> Path | None:
     """The file that describes the model's layers: a config.json or the .gguf file.
 
     For a hub model: the prepared source's config.json, else the download's; None before the
     download (the prepare_model job checks then, before it writes anything).
     """
-    model = config["model"]
-    source = model["source"]
-    if source != "hub":
-        path = resolve_path(model["path"], model.get("python_package"), root)
-        return path / "config.json" if source == "local" else path
-    results = Path(workdir) / "results" / config["study"]
+    model = study.model
+    if model.source != "hub":
+        path = resolve_path(model.path, model.python_package, root)
+        return path / "config.json" if model.source == "local" else path
+    results = Path(workdir) / "results" / study.study
     if (results / "source" / "config.json").is_file():
         return results / "source" / "config.json"
     record = results / "download" / "download.json"
@@ -180,21 +179,23 @@ def model_linear_layers(
 
 
 def check_group_sizes(
-    config: dict[str, Any],
+    study: Study,
     root: Path | str,
     workdir: Path | str = ".",
     cache_dir: Path | None = None,
 ) -> None:
     """Every GPTQ/AWQ arm's group_size divides the input width of every layer it quantizes."""
-    arms = {a: s for a, s in config["arms"].items() if s["method"] in LLMCOMPRESSOR_METHODS}
+    from .arms import LlmCompressorArm
+
+    arms = {a: s for a, s in study.arms.items() if isinstance(s, LlmCompressorArm)}
     if not arms:
         return
-    path = architecture_file(config, root, workdir)
+    path = architecture_file(study, root, workdir)
     if path is None or not path.is_file():  # not downloaded yet (or missing: check says so)
         return
-    trust = bool(config["model"]["trust_remote_code"])
+    trust = study.model.trust_remote_code
     for arm, spec in arms.items():
-        ignore = tuple(spec["ignore"])
+        ignore = spec.ignore
         key = {
             "kind": "linear-widths",
             "version": CACHE_VERSION,
@@ -211,7 +212,7 @@ def check_group_sizes(
                 arm, path, type(e).__name__, e,
             )  # fmt: skip
             continue
-        group = spec["group_size"]
+        group = spec.group_size
         for name, width in layers:
             if width % group:
                 widths = sorted({w for _, w in layers})
@@ -224,11 +225,11 @@ def check_group_sizes(
 
 
 def check(
-    config: dict[str, Any],
+    study: Study,
     root: Path | str,
     workdir: Path | str = ".",
     cache_dir: Path | None = None,
 ) -> None:
     """The checks of this module: tasks lm-eval knows, group sizes that fit the model."""
-    check_tasks(config, root, cache_dir)
-    check_group_sizes(config, root, workdir, cache_dir)
+    check_tasks(study, root, cache_dir)
+    check_group_sizes(study, root, workdir, cache_dir)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .arms import DTYPES, STORAGE, Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+from .arms import Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm, torch_dtype
 from .calibration import read_calibration_file, usable_texts
 from .device import device_record
 from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
@@ -84,8 +84,8 @@ def bnb_config(arm: BnbInt8Arm | Bnb4bitArm):
         load_in_4bit=True,
         bnb_4bit_quant_type=arm.quant_type,
         bnb_4bit_use_double_quant=arm.double_quant,
-        bnb_4bit_compute_dtype=DTYPES[arm.compute_dtype],
-        bnb_4bit_quant_storage=STORAGE[arm.quant_storage],
+        bnb_4bit_compute_dtype=torch_dtype(arm.compute_dtype),
+        bnb_4bit_quant_storage=torch_dtype(arm.quant_storage),
         llm_int8_skip_modules=list(arm.skip_modules),
     )
 
@@ -347,7 +347,7 @@ def verify_arm(arm: Arm, model, directory: Path, source_linears: list[str]) -> d
             assert {s.quant_type for s in states} == {arm.quant_type}
             assert {s.nested for s in states} == {arm.double_quant}, "double quant not applied"
             computes = {m.compute_dtype for m in modules}
-            assert computes == {DTYPES[arm.compute_dtype]}, f"compute dtype is {computes}"
+            assert computes == {torch_dtype(arm.compute_dtype)}, f"compute dtype is {computes}"
             storage = {"uint8": "U8", "bf16": "BF16", "fp16": "F16", "fp32": "F32"}[
                 arm.quant_storage
             ]

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -19,6 +19,9 @@ from . import records
 from .benchmark.record import read_many as read_benchmarks
 from .memory import fmt_bytes
 from .provenance import code_label, code_version, code_versions, mixed_code_warning
+
+if TYPE_CHECKING:
+    from .study import Analysis
 
 VERDICT_PREFIX = "verdict:"
 """Decision-table columns holding an arm's verdict on one task are named `verdict:<task>`."""
@@ -108,7 +111,7 @@ def summary_sentences(
     decision: pd.DataFrame,
     recommendation: Any,
     power: pd.DataFrame,
-    analysis: Mapping[str, Any],
+    analysis: Analysis,
     baseline: str,
 ) -> list[str]:
     """The generated summary: the recommendation, what was compared, power, what is missing."""
@@ -123,8 +126,8 @@ def summary_sentences(
         # the per-arm reasons are the verdicts of the decision table: keep the headline short
         reason = recommendation.reason.split(" (", 1)[0]
         out.append(f"**No arm is recommended** (rule *{rule}*): {reason}; see the verdicts below.")
-    margin = analysis.get("margin", 0.01)
-    alpha = analysis.get("alpha", 0.05)
+    margin = analysis.margin
+    alpha = analysis.alpha
     counts = {
         v: sum((candidates[f"{VERDICT_PREFIX}{t}"] == v).sum() for t in tasks)
         for v in ("equivalent", "better", "worse", "inconclusive", "missing")
@@ -192,7 +195,7 @@ def summary_rst(
     decision: pd.DataFrame,
     recommendation: Any,
     power: pd.DataFrame,
-    analysis: Mapping[str, Any],
+    analysis: Analysis,
     baseline: str,
 ) -> str:
     """The report's front page body in RST: the recommendation, the decision table (raw HTML,
@@ -216,7 +219,7 @@ def summary_markdown(
     decision: pd.DataFrame,
     recommendation: Any,
     power: pd.DataFrame,
-    analysis: Mapping[str, Any],
+    analysis: Analysis,
     baseline: str,
     study: str,
 ) -> str:
@@ -341,7 +344,7 @@ def write_decision_pages(
     scores: pd.DataFrame,
     recommendation: Any,
     power: pd.DataFrame,
-    analysis: Mapping[str, Any],
+    analysis: Analysis,
     baseline: str,
     study: str,
     warning: str | None = None,
@@ -439,7 +442,7 @@ def provenance_rows(
             add("model", "", f"sha256 {name}", digest)
     else:
         add("model", "", "source", "missing: no source.json")
-    for arm in config.get("arms", {}):
+    for arm in config["arms"]:
         rec = quant.get(arm)
         if rec is None:
             add("weights", arm, "status", "missing: not built")

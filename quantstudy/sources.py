@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from .arms import DTYPES
+from .arms import torch_dtype
 from .config import resolve_path
 from .provenance import code_version, dir_weight_files, sha256_files, write_json
+from .study import Model
 
 log = logging.getLogger(__name__)
 
@@ -116,54 +117,55 @@ def _load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_source(spec: dict[str, Any], download_dir: Path | str | None, root: Path | str = "."):
-    """The source model and tokenizer as the config describes them (weights in spec['dtype'])."""
+def load_source(model: Model, download_dir: Path | str | None, root: Path | str = "."):
+    """The source model and tokenizer as the config describes them (weights in model.dtype)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    dtype = DTYPES[spec.get("dtype", "bf16")]
-    trust = bool(spec.get("trust_remote_code", False))
-    source = spec["source"]
+    dtype = torch_dtype(model.dtype)
+    trust = model.trust_remote_code
+    source = model.source
     if source == "hub":
         record = json.loads((Path(download_dir) / "download.json").read_text())
         path = Path(download_dir) / record["snapshot"]
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        weights = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-        return model, tokenizer
-    path = resolve_path(spec["path"], spec.get("python_package"), root)
+        return weights, tokenizer
+    path = resolve_path(model.path, model.python_package, root)
     if source == "local":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-        return model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        weights = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+        return weights, AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if source == "gguf":
         return _load_gguf(path, dtype)
     if source == "random-init":
         config = AutoConfig.from_pretrained(path)
-        torch.manual_seed(int(spec.get("seed", 0)))
+        torch.manual_seed(model.seed)
         # Drawing a billion random weights takes a minute on CPUs and a second on a GPU; the
         # weights differ between the two (other generators), which random-init studies accept.
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model = model.to("cpu")
-        tok = spec.get("tokenizer")
+            weights = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        weights = weights.to("cpu")
+        tok = model.tokenizer
         if tok is None:
             tokenizer = byte_level_tokenizer()
         else:
-            tokenizer = _load_tokenizer(resolve_path(tok["path"], tok.get("python_package"), root))
+            tokenizer = _load_tokenizer(resolve_path(tok.path, tok.python_package, root))
         if len(tokenizer) > config.vocab_size:
             raise ValueError(
                 f"model.tokenizer: {len(tokenizer)} tokens do not fit the config's vocab_size "
                 f"{config.vocab_size}"
             )
-        return model, tokenizer
+        return weights, tokenizer
     raise ValueError(f"model.source: unknown source {source!r}")
 
 
 def prepare_model(
-    spec: dict[str, Any],
+    spec: Model,
     out_dir: Path | str,
     download_dir: Path | str | None = None,
     root: Path | str = ".",
 ) -> dict[str, Any]:
-    """Write the source as one safetensors directory with tokenizer and a source.json record."""
+    """Write the source as one safetensors directory with tokenizer and a source.json record
+    (whose `source` is the config's `model:` entry as given)."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     model, tokenizer = load_source(spec, download_dir, root)
@@ -172,15 +174,15 @@ def prepare_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     record: dict[str, Any] = {
-        "source": spec,
+        "source": spec.model_dump(exclude_unset=True),
         "initialised_on": "cuda" if torch.cuda.is_available() else "cpu",
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": time.perf_counter() - start,
         "sha256": sha256_files(dir_weight_files(out_dir), out_dir),
         "code_version": code_version(),
     }
-    if spec["source"] == "hub":
+    if spec.source == "hub":
         record["download"] = json.loads((Path(download_dir) / "download.json").read_text())
     write_json(out_dir / "source.json", record)
-    log.info("prepared %s source: %d parameters", spec["source"], record["parameters"])
+    log.info("prepared %s source: %d parameters", spec.source, record["parameters"])
     return record

@@ -12,31 +12,36 @@ sys.path.insert(0, workflow.basedir)
 from quantstudy import config as qconfig  # noqa: E402
 from quantstudy import preflight  # noqa: E402
 from quantstudy import records as qrecords  # noqa: E402
+from quantstudy.arms import LlmCompressorArm  # noqa: E402
 
-# --- config: schema (with defaults), then the checks a schema cannot make -------------------
+# --- config: schema (with defaults), the typed model, then the checks neither can make -------
 # All of it runs while the workflow is parsed, so a bad config stops before any job starts (and
-# before Snakemake removes any output to rebuild it). The preflight checks, which ask lm-eval and
-# transformers, run in the process that plans the jobs only: a job's own process (SLURM,
-# `--mode remote`) parses this file again and need not pay for them.
+# before Snakemake removes any output to rebuild it). The typed model (quantstudy.study) checks
+# every field's type, benchmark settings included; rules read it, and hand jobs the plain config
+# entries as params (so the params rerun trigger sees the config as written, defaults filled).
+# The preflight checks, which ask lm-eval and transformers, run in the process that plans the
+# jobs only: a job's own process (SLURM, `--mode remote`) parses this file again and need not
+# pay for them.
 try:
     if workflow.is_main_process:
         qconfig.check_config_files(workflow.configfiles)
     qconfig.normalise(config)
     validate(config, workflow.source_path("../schemas/config.schema.yaml"))
-    qconfig.check(config, root=workflow.basedir)
+    STUDY_CONFIG = qconfig.typed(config)
+    qconfig.check(STUDY_CONFIG, root=workflow.basedir)
     if workflow.is_main_process:
         preflight.check(
-            config,
+            STUDY_CONFIG,
             root=workflow.basedir,
             cache_dir=Path(".snakemake/quantstudy-preflight"),
         )
 except qconfig.ConfigError as e:
     raise WorkflowError(f"Invalid config: {e}")
 
-STUDY = config["study"]
-ARMS = list(config["arms"])
-TASKS = list(config["tasks"])
-BASELINE = qconfig.baseline_arm(config)
+STUDY = STUDY_CONFIG.study
+ARMS = list(STUDY_CONFIG.arms)
+TASKS = list(STUDY_CONFIG.tasks)
+BASELINE = STUDY_CONFIG.baseline
 
 
 def _alternatives(names):
@@ -52,7 +57,7 @@ wildcard_constraints:
 
 # --- targets ------------------------------------------------------------------------------
 def is_benchmarked():
-    return config["benchmark"]["enabled"]
+    return STUDY_CONFIG.benchmark.enabled
 
 
 # A job that fails on its last attempt leaves a failure record as its output, so the rest of
@@ -116,44 +121,51 @@ def resolve(path, python_package=None):
 
 
 def is_hub_model():
-    return config["model"]["source"] == "hub"
+    return STUDY_CONFIG.model.source == "hub"
 
 
 def get_prepare_input(wildcards):
     """The hub download for hub sources; the local files otherwise (their changes rerun it)."""
-    model = config["model"]
+    model = STUDY_CONFIG.model
     if is_hub_model():
         return {"download": f"results/{wildcards.study}/download"}
-    files = {"model": resolve(model["path"], model.get("python_package"))}
-    if model["source"] == "random-init" and model.get("tokenizer"):
-        tok = model["tokenizer"]
-        files["tokenizer"] = resolve(tok["path"], tok.get("python_package"))
+    files = {"model": resolve(model.path, model.python_package)}
+    if model.source == "random-init" and model.tokenizer is not None:
+        files["tokenizer"] = resolve(
+            model.tokenizer.path, model.tokenizer.python_package
+        )
     return files
+
+
+def calibration_of(arm):
+    """The arm's typed calibration spec; None for arms that take no calibration."""
+    spec = STUDY_CONFIG.arms[arm]
+    return spec.calibration if isinstance(spec, LlmCompressorArm) else None
 
 
 def get_calibration_input(wildcards):
     """A local calibration file, or the pre-fetched hub dataset, for GPTQ/AWQ arms."""
-    calib = config["arms"][wildcards.arm].get("calibration")
-    if not calib:
+    calib = calibration_of(wildcards.arm)
+    if calib is None:
         return []
-    if calib.get("path"):
-        return [resolve(calib["path"])]
+    if calib.path is not None:
+        return [resolve(calib.path)]
     return [f"results/{wildcards.study}/datasets/{calibration_dataset_id(calib)}.json"]
 
 
 def calibration_dataset_id(calib):
     """A file-name-safe id of a hub dataset split."""
-    parts = [calib["dataset"], calib.get("config_name") or "default", calib["split"]]
+    parts = [calib.dataset, calib.config_name or "default", calib.split]
     return "__".join(re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts)
 
 
 def get_hub_datasets():
-    """Every hub calibration dataset the study names, by id."""
+    """Every hub calibration dataset the study names, by id: its config entry (a plain dict)."""
     out = {}
-    for spec in config["arms"].values():
-        calib = spec.get("calibration")
-        if calib and not calib.get("path"):
-            out[calibration_dataset_id(calib)] = calib
+    for arm in ARMS:
+        calib = calibration_of(arm)
+        if calib is not None and calib.path is None:
+            out[calibration_dataset_id(calib)] = config["arms"][arm]["calibration"]
     return out
 
 
@@ -164,7 +176,7 @@ def get_dataset_spec(wildcards):
 def get_baseline_eval(wildcards):
     """With batch_size auto, every arm waits for the baseline's run and uses its batch size."""
     if (
-        config["tasks"][wildcards.task]["batch_size"] == "auto"
+        STUDY_CONFIG.tasks[wildcards.task].batch_size == "auto"
         and wildcards.arm != BASELINE
     ):
         return [f"results/{wildcards.study}/eval/{BASELINE}/{wildcards.task}.json"]

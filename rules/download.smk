@@ -12,7 +12,7 @@ rule download_model:
     conda:
         "../envs/quantstudy.yaml"
     params:
-        repo_id=lookup(dpath="model/repo_id", within=config, default=None),
+        repo_id=STUDY_CONFIG.model.repo_id,
         revision=lookup(dpath="model/revision", within=config),
     script:
         "../scripts/download_model.py"

@@ -33,7 +33,7 @@ with (
         result = run_benchmark(
             snakemake.input.model,  # noqa: F821
             snakemake.input.baseline,  # noqa: F821
-            dict(params.settings or {}),
+            dict(params.settings),
             device=getattr(params, "device", None),
             arm_name=getattr(snakemake.wildcards, "arm", None),  # noqa: F821
             baseline_name=getattr(params, "baseline", None),

@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 from quantstudy import compare  # noqa: E402
 from quantstudy.scripting import logged  # noqa: E402
+from quantstudy.study import Analysis  # noqa: E402
 
 with logged(snakemake.log[0]):  # noqa: F821
     compare.run(
@@ -17,7 +18,7 @@ with logged(snakemake.log[0]):  # noqa: F821
         arms=snakemake.params.arms,  # noqa: F821
         tasks=snakemake.params.tasks,  # noqa: F821
         baseline=snakemake.params.baseline,  # noqa: F821
-        analysis=snakemake.params.analysis,  # noqa: F821
+        analysis=Analysis.parse(snakemake.params.analysis, ("analysis",)),  # noqa: F821
         study=snakemake.wildcards.study,  # noqa: F821
         out=dict(snakemake.output.items()),  # noqa: F821
     )

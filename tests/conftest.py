@@ -35,6 +35,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def tiny_source(tmp_path_factory, tokenizer_dir) -> Path:
     """A prepared random-init source: 2 layers, hidden 64, SmolLM2's tokenizer, fp32."""
     from quantstudy.sources import prepare_model
+    from quantstudy.study import Model
 
     out = tmp_path_factory.mktemp("source") / "source"
     spec = {
@@ -44,7 +45,7 @@ def tiny_source(tmp_path_factory, tokenizer_dir) -> Path:
         "dtype": "fp32",
         "seed": 0,
     }
-    prepare_model(spec, out)
+    prepare_model(Model.parse(spec), out)
     return out
 
 

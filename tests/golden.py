@@ -45,6 +45,7 @@ def inputs(root: Path = GOLDEN) -> dict[str, list[Path]]:
 def compute(out_dir: Path, root: Path = GOLDEN) -> dict[str, Path]:
     """Run compare on the frozen records; the paths of the tables it wrote."""
     from quantstudy import compare
+    from quantstudy.study import Analysis
 
     s = study(root)
     files = inputs(root)
@@ -52,7 +53,7 @@ def compute(out_dir: Path, root: Path = GOLDEN) -> dict[str, Path]:
     out |= {k: out_dir / f"{k}.csv" for k in TABLES}
     compare.run(
         files["samples"], files["evals"], files["models"], files["bench"], s["arms"],
-        s["tasks"], s["baseline"], s["analysis"], s["study"], out,
+        s["tasks"], s["baseline"], Analysis.parse(s["analysis"], ("analysis",)), s["study"], out,
     )  # fmt: skip
     return {k: out[k] for k in TABLES}
 

@@ -12,6 +12,7 @@ import pytest
 
 from quantstudy import aggregate, compare, policy, records, report, stats
 from quantstudy.benchmark.record import SCHEMA_ID
+from quantstudy.study import Analysis
 
 # --------------------------------------------------------------------------- builders
 
@@ -180,8 +181,7 @@ def make_study(root: Path) -> dict[str, list[Path]]:
     return files
 
 
-ANALYSIS = {"margin": 0.05, "alpha": 0.05, "n_boot": 500, "seed": 0,
-            "recommend": "smallest-equivalent", "primary_metrics": {}}  # fmt: skip
+ANALYSIS = Analysis(margin=0.05, alpha=0.05, n_boot=500, seed=0, recommend="smallest-equivalent")
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +291,7 @@ def test_oriented_comparisons_keep_their_numbers_and_pass_the_check():
     evals = [{"task": "wiki", "higher_is_better": {"wiki": {"word_perplexity": False}}}]
     raw = stats.compare(samples, "fp32", margin=0.5, n_boot=300)[1]  # as if higher were better
     _, oriented = compare.analyse(
-        samples, evals, "fp32", ["fp32", "q"], ["wiki"], {"margin": 0.5, "n_boot": 300}
+        samples, evals, "fp32", ["fp32", "q"], ["wiki"], Analysis(margin=0.5, n_boot=300)
     )
     assert raw["verdict"].tolist() == ["better"] and oriented["verdict"].tolist() == ["worse"]
     assert oriented["higher_is_better"].tolist() == [False]

@@ -41,7 +41,7 @@ def test_defaults_are_filled():
     assert cfg["arms"]["gptq"]["calibration"]["num_samples"] == 256
     assert cfg["tasks"]["arc_easy"]["batch_size"] == "auto"
     assert cfg["evaluation"]["include_path"] == "tasks"
-    assert qconfig.baseline_arm(cfg) == "base"
+    assert qconfig.typed(cfg).baseline == "base"
 
 
 @pytest.mark.parametrize(
@@ -77,25 +77,25 @@ def test_schema_errors_name_the_field(mutate, field, words):
 def test_check_names_missing_files_and_baseline(tmp_path):
     cfg = validated(MINIMAL)
     (tmp_path / "tasks").mkdir()
-    qconfig.check(cfg, root=tmp_path)
+    qconfig.check(qconfig.typed(cfg), root=tmp_path)
     cfg["baseline"] = "nope"
     with pytest.raises(qconfig.ConfigError, match=r"^baseline: 'nope' is not one of the arms"):
-        qconfig.check(cfg, root=tmp_path)
+        qconfig.typed(cfg)
     cfg.pop("baseline")
     cfg["arms"]["gptq"]["calibration"]["path"] = "missing.txt"
     with pytest.raises(
         qconfig.ConfigError, match=r"^arms\.gptq\.calibration\.path: .*missing\.txt"
     ):
-        qconfig.check(cfg, root=tmp_path)
+        qconfig.check(qconfig.typed(cfg), root=tmp_path)
     cfg2 = validated({**MINIMAL, "model": {"source": "gguf", "path": "x.gguf"}})
     with pytest.raises(qconfig.ConfigError, match=r"^model\.path: .*x\.gguf.* does not exist"):
-        qconfig.check(cfg2, root=tmp_path)
+        qconfig.check(qconfig.typed(cfg2), root=tmp_path)
 
 
 def test_no_baseline_arm_is_an_error():
     cfg = validated({**MINIMAL, "arms": {"nf4": {"method": "bnb-4bit"}}})
     with pytest.raises(qconfig.ConfigError, match="^baseline: no arm has method 'baseline'"):
-        qconfig.baseline_arm(cfg)
+        qconfig.typed(cfg)
 
 
 def test_typed_arms_reject_unknown_fields():
@@ -113,15 +113,19 @@ def test_typed_arms_reject_unknown_fields():
         parse_arm("x", {"method": "gptq", "group": 64})
 
 
-@pytest.mark.parametrize(
-    "path", ["config.yaml", "config/demo.yaml", "config/llama-3.2-1b-shapes.yaml"]
-)
+SHIPPED = ["config.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("config/*.yaml"))]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
 def test_shipped_configs_are_valid(path):
-    if not (ROOT / path).exists():
-        pytest.skip(f"{path} not shipped")
+    """config.yaml and every config under config/ pass the schema, the typed model and checks."""
+    assert {"config/demo.yaml", "config/llama-3.2-1b-shapes.yaml"} <= set(SHIPPED)
     cfg = qconfig.load(ROOT / path, root=ROOT)
-    parse_arms(cfg)
-    assert qconfig.baseline_arm(cfg) in cfg["arms"]
+    study = qconfig.typed(cfg)
+    assert study.baseline in cfg["arms"]
+    assert {a: s.params() for a, s in study.arms.items()} == {
+        a: s.params() for a, s in parse_arms(cfg).items()
+    }
 
 
 def test_config_reference_matches_schema():
@@ -153,3 +157,214 @@ def test_shapes_study_has_the_default_studys_arms():
 
     assert without_calibration(shapes["arms"]) == without_calibration(real["arms"])
     assert shapes["baseline"] == real["baseline"]
+
+
+# --- the typed model (quantstudy.study) ----------------------------------------------------
+
+
+def test_numbers_are_numbers():
+    """A string is not a number anywhere in the config, and the error names the field."""
+    with pytest.raises(
+        qconfig.ConfigError,
+        match=r"^arms\.x\.group_size: Input should be a valid integer \(got '64'\)",
+    ):
+        parse_arm("x", {"method": "gptq", "group_size": "64"})
+    cfg = validated(MINIMAL)
+    cfg["arms"]["gptq"]["group_size"] = "64"  # as if the schema had let it through
+    with pytest.raises(qconfig.ConfigError, match=r"^arms\.gptq\.group_size: .*valid integer"):
+        qconfig.typed(cfg)
+    for section, field, bad in [
+        ("analysis", "margin", "0.01"),
+        ("analysis", "n_boot", True),
+        ("evaluation", "max_batch_size", 8.0),
+    ]:
+        cfg = validated(MINIMAL)
+        cfg[section][field] = bad
+        with pytest.raises(qconfig.ConfigError, match=rf"^{section}\.{field}: Input should be"):
+            qconfig.typed(cfg)
+    cfg = validated(MINIMAL)
+    cfg["analysis"]["margin"] = 1  # an int where a float is expected: kept as written
+    assert qconfig.typed(cfg).analysis.margin == 1
+    assert parse_arm("i", {"method": "bnb-int8", "threshold": 6}).params()["threshold"] == 6
+
+
+def test_typed_errors_name_the_field():
+    cfg = validated(MINIMAL)
+    cfg["tasks"]["arc_easy"]["batch_size"] = "8"
+    with pytest.raises(qconfig.ConfigError, match=r"^tasks\.arc_easy\.batch_size: .*or 'auto'"):
+        qconfig.typed(cfg)
+    with pytest.raises(
+        qconfig.ConfigError, match=r"^arms\.x\.calibration\.num_sample: unknown field; did you "
+    ):
+        parse_arm("x", {"method": "awq", "calibration": {"num_sample": 8}})
+    with pytest.raises(qconfig.ConfigError, match=r"^arms\.x\.method: 'bnb-5bit' is not one of"):
+        parse_arm("x", {"method": "bnb-5bit"})
+    with pytest.raises(qconfig.ConfigError, match=r"^arms\.x\.name: unknown field"):
+        parse_arm("x", {"method": "baseline", "name": "y"})
+
+
+def test_typed_arms_keep_their_parameters():
+    """quantize.json's `parameters` are the typed arm's params(): every field, name left out."""
+    arms = qconfig.typed(validated(MINIMAL)).arms
+    assert arms["gptq"].name == "gptq" and arms["gptq"].bits == 4
+    assert arms["gptq"].params() == {
+        "method": "gptq", "dtype": "bf16", "bits": 4, "symmetric": True, "group_size": 64,
+        "ignore": ("lm_head",), "dampening_frac": 0.01,
+        "calibration": {"path": None, "dataset": "wikitext", "config_name": "wikitext-2-raw-v1",
+                        "split": "train", "text_field": "text", "num_samples": 256,
+                        "seq_len": 2048, "seed": 0},
+    }  # fmt: skip
+    assert arms["nf4"].params() == {
+        "method": "bnb-4bit", "dtype": "bf16", "quant_type": "nf4", "double_quant": True,
+        "compute_dtype": "bf16", "quant_storage": "uint8", "skip_modules": ("lm_head",),
+    }  # fmt: skip
+    assert (arms["base"].params(), arms["base"].bits) == (
+        {"method": "baseline", "dtype": "bf16"},
+        16,
+    )
+
+
+# --- benchmark settings: checked at the start, typed by DEFAULT_SETTINGS --------------------
+
+
+def with_settings(settings):
+    cfg = validated(MINIMAL)
+    cfg["benchmark"]["settings"] = settings
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"decode": {"new_tokenz": 8}},
+         r"^benchmark\.settings\.decode\.new_tokenz: unknown setting; did you mean 'new_tokens'\?"),
+        ({"decode": {"new_tokens": "8"}},
+         r"^benchmark\.settings\.decode\.new_tokens: Input should be a valid integer \(got '8'\)"),
+        ({"warmup": True}, r"^benchmark\.settings\.warmup: Input should be a valid integer"),
+        ({"prefill": {"prompt_lengths": [8, "16"]}},
+         r"^benchmark\.settings\.prefill\.prompt_lengths\.1: Input should be a valid integer"),
+        ({"bandwidth": {"bytes": 1.5}}, r"^benchmark\.settings\.bandwidth\.bytes: .*integer"),
+        ({"interleave": "yes"}, r"^benchmark\.settings\.interleave: Input should be 'auto', true"),
+        ({"static": {"compile_mode": 1}}, r"^benchmark\.settings\.static\.compile_mode: .*string"),
+        ({"decode": 8}, r"^benchmark\.settings\.decode: Input should be a valid dictionary"),
+        ({"decode": {"new_tokens": 1}},
+         r"^benchmark\.settings\.decode\.new_tokens: must be >= 2"),  # resolve_settings' own check
+        ({"prefill": {"modes": ["eagr"]}}, r"^benchmark\.settings\.prefill\.modes: \['eagr'\]"),
+    ],
+)  # fmt: skip
+def test_benchmark_settings_are_checked(settings, message):
+    with pytest.raises(qconfig.ConfigError, match=message):
+        qconfig.typed(with_settings(settings))
+
+
+def test_benchmark_settings_types_follow_the_defaults():
+    """What a setting takes follows its default in DEFAULT_SETTINGS: None also takes a whole
+    number, "auto" also takes true and false, a list takes its default's element type."""
+    from quantstudy.benchmark import DEFAULT_SETTINGS, SMALL_SETTINGS, resolve_settings
+    from quantstudy.study import settings_model
+
+    from .conftest import BENCH_SETTINGS
+
+    for settings in ({}, SMALL_SETTINGS, BENCH_SETTINGS, {"interleave": False,
+                     "static": {"compile": True}, "prefill": {"warmup": 2, "repeats": None}}):  # fmt: skip
+        typed = qconfig.typed(with_settings(settings)).benchmark.settings
+        assert typed == settings  # the overrides, as the benchmark job gets them
+        assert settings_model().model_validate(settings).model_dump() == resolve_settings(settings)
+    assert settings_model()().model_dump() == DEFAULT_SETTINGS
+
+
+# --- one set of defaults: the typed model's, stated again by the schema ---------------------
+
+BOUNDS = {"minimum": "ge", "exclusiveMinimum": "gt", "maximum": "le", "exclusiveMaximum": "lt"}
+
+
+def _facts(node, defs):
+    """The bounds and choices a JSON schema node states (through $ref, anyOf and oneOf)."""
+    while "$ref" in node:
+        node = {
+            **defs[node["$ref"].rsplit("/", 1)[1]],
+            **{k: v for k, v in node.items() if k != "$ref"},
+        }
+    out = {}
+    for key, value in node.items():
+        if key in BOUNDS or key in BOUNDS.values():
+            out[BOUNDS.get(key, key)] = value
+        elif key in ("enum", "const"):
+            out["choices"] = out.get("choices", set()) | set(value if key == "enum" else [value])
+    for sub in node.get("anyOf", []) + node.get("oneOf", []):
+        for key, value in _facts(sub, defs).items():
+            out[key] = out.get(key, set()) | value if key == "choices" else value
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _nested_model(annotation):
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _nested_model(arg):
+            return found
+    return None
+
+
+def _compare(cls, node, schema, path, seen):
+    from pydantic import BaseModel
+
+    from quantstudy.schema_doc import _resolve
+
+    node = _resolve(schema, node)
+    props = node["properties"]
+    assert set(cls.model_fields) == set(props), f"{path or 'top level'}: fields differ"
+    pyd = cls.model_json_schema()
+    for name, field in cls.model_fields.items():
+        where = f"{path}{name}"
+        seen.append(where)
+        sub = _resolve(schema, props[name])
+        if "default" in sub:
+            assert not field.is_required(), f"{where}: the schema has a default, the model none"
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                assert default == type(default).model_validate(sub["default"]), where
+            else:
+                assert _plain(default) == sub["default"], (
+                    f"{where}: {default!r} vs {sub['default']!r}"
+                )
+                assert type(_plain(default)) is type(sub["default"]), f"{where}: types differ"
+        else:
+            assert field.is_required() or field.get_default() is None, (
+                f"{where}: default only in the model"
+            )
+        assert _facts(pyd["properties"][name], pyd.get("$defs", {})) == _facts(
+            sub, schema["$defs"]
+        ), f"{where}: bounds or choices differ"
+        nested = _nested_model(field.annotation)
+        if name == "arms" or nested is None:
+            continue
+        if "properties" not in sub:  # name -> entry (tasks)
+            sub = sub["additionalProperties"]
+        _compare(nested, sub, schema, f"{where}.", seen)
+
+
+def test_schema_and_typed_model_state_the_same_defaults():
+    """Every field of schemas/config.schema.yaml is a field of the typed model and the other way
+    round, with the same default (or none on both), bounds and choices: the reference generated
+    from the schema, and the defaults it fills in, say what the code does."""
+    from quantstudy.arms import BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+    from quantstudy.study import Study
+
+    schema = yaml.safe_load(qconfig.SCHEMA.read_text())
+    seen = []
+    _compare(Study, schema, schema, "", seen)
+    for cls, key in [(BaselineArm, "arm_baseline"), (BnbInt8Arm, "arm_bnb_int8"),
+                     (Bnb4bitArm, "arm_bnb_4bit"), (LlmCompressorArm, "arm_llmcompressor")]:  # fmt: skip
+        _compare(cls, schema["$defs"][key], schema, f"arms.<{key}>.", seen)
+    for field in ("analysis.margin", "model.tokenizer.path", "tasks.batch_size",
+                  "arms.<arm_llmcompressor>.calibration.seq_len", "benchmark.settings"):  # fmt: skip
+        assert field in seen

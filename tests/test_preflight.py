@@ -17,6 +17,7 @@ from snakemake.exceptions import WorkflowError
 
 from quantstudy import config as qconfig
 from quantstudy import preflight
+from quantstudy.arms import Calibration
 from quantstudy.calibration import read_calibration_file
 
 from .conftest import ROOT, TINY_CONFIG, snakemake, tiny_config, write_config
@@ -45,6 +46,11 @@ def validated(config: dict) -> dict:
     config = copy.deepcopy(config)
     qconfig.validate_schema(config)
     return config
+
+
+def typed(config: dict):
+    """The typed study of a config, as the workflow builds it (schema defaults first)."""
+    return qconfig.typed(validated(config))
 
 
 def finished_workdir(tmp_path: Path) -> Path:
@@ -97,10 +103,10 @@ def test_task_check_knows_registry_groups_tags_and_include_path(tmp_path):
     """mmlu is a group, ai2_arc a tag, coqa a task, demo_capitals under include_path."""
     config = validated(small_config())
     config["tasks"] = {"mmlu": {}, "ai2_arc": {}, "coqa": {}, "demo_capitals": {}}
-    preflight.check_tasks(config, ROOT, cache_dir=tmp_path)
+    preflight.check_tasks(typed(config), ROOT, cache_dir=tmp_path)
     config["tasks"]["hellaswg"] = {}
     with pytest.raises(qconfig.ConfigError, match=r"^tasks\.hellaswg: .*did you mean 'hellaswag'"):
-        preflight.check_tasks(config, ROOT, cache_dir=tmp_path)
+        preflight.check_tasks(typed(config), ROOT, cache_dir=tmp_path)
 
 
 def test_task_cache_is_looked_up_again_before_refusing(tmp_path, monkeypatch):
@@ -116,7 +122,7 @@ def test_task_cache_is_looked_up_again_before_refusing(tmp_path, monkeypatch):
     monkeypatch.setattr(preflight, "lm_eval_names", names)
     monkeypatch.setattr(preflight, "_memo", {})
     cache = tmp_path / "cache"
-    preflight.check_tasks(config, ROOT, cache_dir=cache)
+    preflight.check_tasks(typed(config), ROOT, cache_dir=cache)
     assert calls == [ROOT / "tasks", None]
     (registry,) = cache.glob("lm-eval-registry-*.json")
     record = json.loads(registry.read_text())
@@ -124,9 +130,31 @@ def test_task_cache_is_looked_up_again_before_refusing(tmp_path, monkeypatch):
     registry.write_text(json.dumps(record))
     monkeypatch.setattr(preflight, "_memo", {})
     calls.clear()
-    preflight.check_tasks(config, ROOT, cache_dir=cache)
+    preflight.check_tasks(typed(config), ROOT, cache_dir=cache)
     assert None in calls, "the stale registry was not looked up again"
     assert "arc_easy" in json.loads(registry.read_text())["value"]
+
+
+# --- 1b. fields a schema does not type: benchmark settings -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "decode, words",
+    [
+        ({"new_tokenz": 8}, "benchmark.settings.decode.new_tokenz: unknown setting; did you mean "
+                            "'new_tokens'?"),
+        ({"new_tokens": "8"}, "benchmark.settings.decode.new_tokens: Input should be a valid "
+                              "integer (got '8')"),
+    ],
+)  # fmt: skip
+def test_bad_benchmark_setting_is_refused_before_any_job(tmp_path, decode, words):
+    """`benchmark.settings` is an open mapping to the schema: the typed model checks it at the
+    start, not every benchmark job once it has run."""
+    work = finished_workdir(tmp_path)
+    config = small_config()
+    config["benchmark"]["settings"] = {**config["benchmark"]["settings"], "decode": decode}
+    write_config(work, config)
+    run_refused(work, f"Invalid config: {words}")
 
 
 # --- 2. calibration files -----------------------------------------------------------------
@@ -165,13 +193,13 @@ def test_calibration_counts_what_quantize_reads(tmp_path):
     with pytest.raises(ValueError, match=r"line 1: no field 'text'"):
         read_calibration_file(rows, "text")
     cfg = {"path": str(rows), "text_field": "t", "num_samples": 2}
-    qconfig.check_calibration("g", cfg, tmp_path)
+    qconfig.check_calibration("g", Calibration.parse(cfg), tmp_path)
     with pytest.raises(
         qconfig.ConfigError, match=r"^arms\.g\.calibration\.num_samples: 3 .*only 2"
     ):
-        qconfig.check_calibration("g", {**cfg, "num_samples": 3}, tmp_path)
+        qconfig.check_calibration("g", Calibration.parse({**cfg, "num_samples": 3}), tmp_path)
     with pytest.raises(qconfig.ConfigError, match=r"^arms\.g\.calibration\.path: .*no field"):
-        qconfig.check_calibration("g", {**cfg, "text_field": "text"}, tmp_path)
+        qconfig.check_calibration("g", Calibration.parse({**cfg, "text_field": "text"}), tmp_path)
     from quantstudy.arms import parse_arm
     from quantstudy.quantize import calibration_texts
 
@@ -206,7 +234,7 @@ def test_group_size_check_skips_ignored_layers(tmp_path):
     with pytest.raises(
         qconfig.ConfigError, match=r"^arms\.awq\.group_size: 128 does not divide .* \(64\)"
     ):
-        preflight.check_group_sizes(config, ROOT, tmp_path, cache_dir=tmp_path / "cache")
+        preflight.check_group_sizes(typed(config), ROOT, tmp_path, cache_dir=tmp_path / "cache")
     config["arms"]["awq"]["ignore"] = [
         "lm_head",
         "q_proj",
@@ -216,7 +244,7 @@ def test_group_size_check_skips_ignored_layers(tmp_path):
         "gate_proj",
         "up_proj",
     ]
-    preflight.check_group_sizes(config, ROOT, tmp_path, cache_dir=tmp_path / "cache")
+    preflight.check_group_sizes(typed(config), ROOT, tmp_path, cache_dir=tmp_path / "cache")
 
 
 def test_hub_group_size_is_checked_after_download_before_anything_is_written(tmp_path, monkeypatch):
@@ -227,11 +255,11 @@ def test_hub_group_size_is_checked_after_download_before_anything_is_written(tmp
     config = small_config()
     config["model"] = {"source": "hub", "repo_id": "org/tiny", "dtype": "fp32"}
     config["arms"]["gptq"]["group_size"] = 48
-    assert preflight.architecture_file(validated(config), ROOT, work) is None  # not known yet
+    assert preflight.architecture_file(typed(config), ROOT, work) is None  # not known yet
     (download / "hub/snap").mkdir(parents=True)
     shutil.copy(TINY_CONFIG, download / "hub/snap/config.json")
     (download / "download.json").write_text(json.dumps({"snapshot": "hub/snap"}))
-    assert preflight.architecture_file(validated(config), ROOT, work) == (
+    assert preflight.architecture_file(typed(config), ROOT, work) == (
         download / "hub/snap/config.json"
     )
     # the prepare_model job, as Snakemake runs its script
@@ -260,7 +288,7 @@ def test_model_transformers_cannot_build_is_left_to_the_jobs(tmp_path, caplog):
     odd.write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 64}))
     config = validated(small_config())
     config["model"]["path"] = str(odd)
-    preflight.check_group_sizes(config, ROOT, tmp_path)
+    preflight.check_group_sizes(typed(config), ROOT, tmp_path)
     assert "arms.gptq.group_size not checked" in caplog.text
 
 
@@ -282,7 +310,7 @@ def test_local_model_folder_needs_config_json(tmp_path):
     config = small_config()
     config["model"] = {"source": "local", "path": str(tmp_path)}
     with pytest.raises(qconfig.ConfigError, match=r"^model\.path: .* \(no config\.json\)"):
-        qconfig.check(validated(config), ROOT)
+        qconfig.check(typed(config), ROOT)
 
 
 def test_tokenizer_rule(tmp_path):
@@ -292,11 +320,10 @@ def test_tokenizer_rule(tmp_path):
     config = copy.deepcopy(small_config())
     config["model"]["tokenizer"] = {"path": str(tmp_path / "none")}
     (tmp_path / "none").mkdir()
-    qconfig.validate_schema(config)
     with pytest.raises(
         qconfig.ConfigError, match=r"^model\.tokenizer\.path: .* holds no tokenizer"
     ):
-        qconfig.check(config, ROOT)
+        qconfig.check(typed(config), ROOT)
 
 
 # --- 5. names that are not safe as paths ----------------------------------------------------
@@ -321,7 +348,7 @@ def test_names_are_checked_by_schema_and_check(field, bad):
     with pytest.raises(WorkflowError, match=f"'{re.escape(bad)}' does not match"):
         qconfig.validate_schema(copy.deepcopy(config))
     with pytest.raises(qconfig.ConfigError, match=rf"^{field}: '{re.escape(bad)}' is not a usable"):
-        qconfig.check(config, ROOT)
+        qconfig.check(qconfig.typed(config), ROOT)
 
 
 # --- 6. duplicate keys --------------------------------------------------------------------
