@@ -21,31 +21,9 @@ from scipy.special import xlogy
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
 from quantstudy import stats as qs
+from tests.test_stats import long_scores
 
 ALPHA = 0.05
-
-
-def long_scores(
-    arms: dict[str, np.ndarray], task: str = "t", metric: str = "acc", subjects=None
-) -> pd.DataFrame:
-    """A per-example score table for one task/metric from {arm: values}."""
-    frames = []
-    for arm, values in arms.items():
-        n = len(values)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "task": task,
-                    "doc_id": np.arange(n),
-                    "doc_hash": [f"h{i}" for i in range(n)],
-                    "arm": arm,
-                    "metric": metric,
-                    "value": np.asarray(values, dtype=float),
-                    "subject": subjects if subjects is not None else None,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
 def paired_counts(b: int, c: int, n: int) -> tuple[np.ndarray, np.ndarray]:
