@@ -74,11 +74,16 @@ onstart:
 def get_retry(record):
     """The `retry` param of a rule whose record lies at `record` (a pattern of its wildcards):
     changes once while the job's output is a failure record. A function of the wildcards, not
-    of `output`: Snakemake's params trigger ignores params derived from input or output.
-    """
+    of `output`: Snakemake's params trigger ignores params derived from input or output. Read
+    once per job and kept: Snakemake evaluates params again when the job starts, after it has
+    removed the job's old output."""
+    seen = {}
 
     def retry(wildcards):
-        return qrecords.retry_token(record.format(**dict(wildcards.items())))
+        path = record.format(**dict(wildcards.items()))
+        if path not in seen:
+            seen[path] = qrecords.retry_token(path)
+        return seen[path]
 
     return retry
 
