@@ -22,6 +22,10 @@ include: "rules/compare.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    set_job_attempts()
+
+
 rule all:
     default_target: True
     input:

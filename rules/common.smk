@@ -62,17 +62,17 @@ def is_benchmarked():
 
 # A job that fails on its last attempt leaves a failure record as its output, so the rest of
 # the study and its report finish (quantstudy.records); its `retry` param makes the next run
-# run it again. Jobs need to know whether an attempt is their last: the main process tells them
-# when it starts running jobs (its settings are not known yet while this file is read).
-onstart:
+# run it again.
+def set_job_attempts():
+    """Tell the jobs how many attempts Snakemake gives each (their last records a failure).
+    Called at onstart: while this file is read, Snakemake's execution settings are not set.
+    """
     if workflow.is_main_process:
-        os.environ[qrecords.ATTEMPTS_ENV] = str(
-            workflow.execution_settings.retries + 1
-        )
+        os.environ[qrecords.ATTEMPTS_ENV] = str(workflow.execution_settings.retries + 1)
 
 
 def get_retry(record):
-    """The `retry` param of a rule whose record lies at `record` (a pattern of its wildcards):
+    """The `retry` param of the jobs whose records lie at `record`, a pattern of wildcards; it
     changes once while the job's output is a failure record. A function of the wildcards, not
     of `output`: Snakemake's params trigger ignores params derived from input or output. Read
     once per job and kept: Snakemake evaluates params again when the job starts, after it has
