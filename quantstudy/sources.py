@@ -77,10 +77,10 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     A GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild it from its
     config without quantization_config and copy the weights over.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = _load_tokenizer(path)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -113,8 +113,39 @@ def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return _byte_level(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name), path)
     return AutoTokenizer.from_pretrained(path)
+
+
+# The decoder of a byte-level BPE tokenizer (GPT-2's, SmolLM2's).
+BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                      "use_regex": True}  # fmt: skip
+
+
+def _byte_level(tokenizer, path: Path):
+    """A GGUF's byte-level BPE tokenizer ("gpt2" in the file), saved as one.
+
+    transformers rebuilds it with byte fallback and a sentencepiece decoder (ByteFallback, Fuse,
+    "▁" -> " ") in front of the byte-level one. Saved so, llama.cpp's converter takes it for a
+    Llama sentencepiece vocabulary (tokenizer model "llama", pre-tokenizer "default") and
+    llama.cpp then crashes tokenizing with it. Byte-level pre-tokenization maps every byte to a
+    token, so byte fallback never fires and encoding is unchanged; the decoder is the
+    byte-level one alone. The test suite checks both on text with every kind of character.
+    """
+    import json
+
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer
+
+    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.model")
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+    if field is None or field.contents() != "gpt2" or not byte_level:
+        return tokenizer
+    spec["model"]["byte_fallback"] = False
+    spec["decoder"] = BYTE_LEVEL_DECODER
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    return tokenizer
 
 
 def load_source(model: Model, download_dir: Path | str | None, root: Path | str = "."):
