@@ -16,6 +16,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -135,13 +136,65 @@ class LlmCompressorArm(Arm):
         return f"W{self.bits}A16" + ("" if self.symmetric else "_ASYM")
 
 
+# llama.cpp's quantizer's types (llama-quantize's names) that need no importance matrix, and
+# their nominal bits per weight (llama.cpp's own figures for its mixes; SmolLM2-sized rows that
+# are not multiples of 256 fall back to legacy types: quantize.json records the real mix).
+GGUF_BITS: dict[str, float] = {
+    "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
+    "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_1": 5.0, "Q4_0": 4.5,
+    "IQ4_XS": 4.25, "IQ4_NL": 4.5, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5, "IQ3_M": 3.66,
+    "IQ3_S": 3.44, "IQ3_XS": 3.3, "Q2_K": 3.0,
+}  # fmt: skip
+GgufType = Literal[
+    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S",
+    "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "IQ3_M", "IQ3_S", "IQ3_XS",
+    "Q2_K",
+]  # fmt: skip
+# The unquantized GGUF types and the dtype the converter must write for them.
+UNQUANTIZED_GGUF = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}
+
+
+class GgufArm(Arm):
+    """A GGUF file built by llama.cpp's converter (the source in `dtype`) and quantizer, run by
+    llama.cpp. quant_type F16/BF16/F32 is an unquantized GGUF arm: beside the baseline it tells
+    llama.cpp's runtime apart from its quantization."""
+
+    method: Literal["gguf"]
+    dtype: Dtype = "fp16"
+    quant_type: GgufType = "Q8_0"
+    calibration: Calibration | None = None
+    methods: ClassVar[tuple[str, ...]] = ("gguf",)
+
+    @model_validator(mode="after")
+    def _unquantized_dtype(self) -> GgufArm:
+        want = UNQUANTIZED_GGUF.get(self.quant_type)
+        if want is not None and self.dtype != want:
+            raise PydanticCustomError(
+                "gguf_dtype",
+                "an unquantized {quant_type} GGUF arm is converted in {want}, not {dtype}",
+                {"at": ("dtype",), "quant_type": self.quant_type, "want": want,
+                 "dtype": self.dtype},
+            )  # fmt: skip
+        return self
+
+    @property
+    def bits(self) -> float:
+        return GGUF_BITS[self.quant_type]
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant_type not in UNQUANTIZED_GGUF
+
+
 ARM_TYPES: dict[str, type[Arm]] = {
-    m: cls for cls in (BaselineArm, BnbInt8Arm, Bnb4bitArm, LlmCompressorArm) for m in cls.methods
+    m: cls
+    for cls in (BaselineArm, BnbInt8Arm, Bnb4bitArm, LlmCompressorArm, GgufArm)
+    for m in cls.methods
 }
 
 # Any arm: the model its `method` names.
 AnyArm = Annotated[
-    BaselineArm | BnbInt8Arm | Bnb4bitArm | LlmCompressorArm, Discriminator("method")
+    BaselineArm | BnbInt8Arm | Bnb4bitArm | LlmCompressorArm | GgufArm, Discriminator("method")
 ]
 _ANY_ARM: TypeAdapter[Arm] = TypeAdapter(AnyArm)
 

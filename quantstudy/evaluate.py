@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .device import device_record
-from .loading import bnb_cpu_record, load_arm
+from .loading import bnb_cpu_record, is_gguf_arm, load_arm
 from .memory import is_out_of_memory
 from .provenance import code_version, package_versions, write_json
 from .study import Task
@@ -116,7 +116,10 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(
+    from .llamacpp import LlamaCppLM, LlamaCppModel
+
+    # a GGUF arm: the same HFLM (tokenizer, batching, stops), llama.cpp computing
+    lm = (LlamaCppLM if isinstance(model, LlamaCppModel) else HFLM)(
         pretrained=model,
         tokenizer=tokenizer,
         batch_size=batch_size,
@@ -219,7 +222,9 @@ def evaluate(
     `halvings` (a retry after an out-of-memory, see `batch_halvings`) halves the batch size, or
     the upper bound of its "auto" search, that many times; the summary records both sizes.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # a GGUF arm runs in llama.cpp, on the CPU (llama-cpp-python is built without GPU offload)
+    gguf = is_gguf_arm(model_dir)
+    device = "cpu" if gguf else device or ("cuda" if torch.cuda.is_available() else "cpu")
     configured = batch_size
     batch_size, max_batch_size = shrink_batch(batch_size, max_batch_size, halvings)
     if halvings:
@@ -257,7 +262,9 @@ def evaluate(
         "n-samples": _jsonable(results.get("n-samples", {})),
         "versions": _jsonable(results.get("versions", {})),
         "configs": _jsonable(results.get("configs", {})),
-        "device": device_record(device) | {"used": device} | bnb_cpu_record(model),
+        "device": device_record(device)
+        | {"used": device, "runtime": "llama.cpp" if gguf else "transformers"}
+        | bnb_cpu_record(model),
         "packages": package_versions(),
         "code_version": code_version(),
     }

@@ -85,6 +85,13 @@ def bnb_cpu_record(model: torch.nn.Module | None = None) -> dict[str, Any]:
     }
 
 
+def is_gguf_arm(directory: Path | str) -> bool:
+    """Whether a saved arm is a GGUF file that llama.cpp runs (quantstudy.gguf)."""
+    from .gguf import MODEL_FILE
+
+    return (Path(directory) / MODEL_FILE).is_file()
+
+
 def check_arm(directory: Path | str) -> None:
     """Check a saved arm's weight files against its quantize.json, when it has one: raises
     WeightsChanged (naming each file, expected and found digest) when they differ."""
@@ -93,16 +100,29 @@ def check_arm(directory: Path | str) -> None:
 
 
 def load_arm(
-    directory: Path | str, device: str | torch.device, *, packed: bool = False, check: bool = True
+    directory: Path | str,
+    device: str | torch.device,
+    *,
+    packed: bool = False,
+    check: bool = True,
+    all_logits: bool = True,
 ):
     """A saved arm as every stage loads it: its weight files checked against its quantize.json
     (`check_arm`; raises WeightsChanged before anything is loaded), dtype and quantization from
     its own config, in eval mode, bitsandbytes' CPU path chosen (see `set_bnb_cpu_path`) before
-    any forward. `check=False` is for a caller that checked already."""
+    any forward. `check=False` is for a caller that checked already.
+
+    A GGUF arm (`is_gguf_arm`) loads into llama.cpp as a `quantstudy.llamacpp.LlamaCppModel`, on
+    the CPU; `all_logits=False` (the benchmark) computes only each batch's last logits, as
+    llama.cpp's own tools do."""
     from transformers import AutoModelForCausalLM
 
     if check:
         check_arm(directory)
+    if is_gguf_arm(directory):
+        from .llamacpp import LlamaCppModel
+
+        return LlamaCppModel(directory, logits_all=all_logits)
     model = AutoModelForCausalLM.from_pretrained(directory, device_map=str(device), dtype="auto")
     model.eval()
     set_bnb_cpu_path(model, packed)

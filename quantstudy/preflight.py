@@ -230,6 +230,17 @@ def check(
     workdir: Path | str = ".",
     cache_dir: Path | None = None,
 ) -> None:
-    """The checks of this module: tasks lm-eval knows, group sizes that fit the model."""
+    """The checks of this module: tasks lm-eval knows, group sizes that fit the model, llama.cpp
+    where GGUF arms need it."""
     check_tasks(study, root, cache_dir)
     check_group_sizes(study, root, workdir, cache_dir)
+    check_llama_cpp(study)
+
+
+def check_llama_cpp(study: Study) -> None:
+    """GGUF arms need llama-cpp-python and llama.cpp's converter: say so before any job runs."""
+    from .gguf import missing_runtime
+
+    gguf = [name for name, arm in study.arms.items() if arm.method == "gguf"]
+    if gguf and (problem := missing_runtime()):
+        raise ConfigError(f"arms.{gguf[0]}: a gguf arm, but {problem}")

@@ -24,8 +24,10 @@ PACKAGES = (
     "lm_eval",
     "snakemake",
     "datasets",
+    "llama_cpp_python",
+    "gguf",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 ARM_RECORD = "quantize.json"
 """The record beside a saved arm's weights; its `sha256` maps each weight file to its digest."""
 SOURCE_RECORD = "source.json"

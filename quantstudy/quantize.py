@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
-from .arms import Arm, BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm, torch_dtype
+from .arms import (
+    Arm,
+    BaselineArm,
+    Bnb4bitArm,
+    BnbInt8Arm,
+    GgufArm,
+    LlmCompressorArm,
+    torch_dtype,
+)
 from .calibration import read_calibration_file, usable_texts
 from .device import device_record
 from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
@@ -99,7 +107,7 @@ def quantize_bnb(arm: BnbInt8Arm | Bnb4bitArm, source: Path, device: str):
     )
 
 
-def calibration_texts(arm: LlmCompressorArm, root: Path | str = ".") -> list[str]:
+def calibration_texts(arm: LlmCompressorArm | GgufArm, root: Path | str = ".") -> list[str]:
     """The calibration samples: `num_samples` non-empty texts chosen with the arm's seed."""
     calib = arm.calibration
     if calib.path:
@@ -425,6 +433,8 @@ def quantize_arm(
 
     source, out_dir = Path(source), Path(out_dir)
     source_sha256 = check_weights(source, record=SOURCE_RECORD)
+    if isinstance(arm, GgufArm):
+        return quantize_gguf(arm, source, out_dir, source_sha256, root)
     device = device or default_device()
     tokenizer = AutoTokenizer.from_pretrained(source)
     start = time.perf_counter()
@@ -488,6 +498,58 @@ def quantize_arm(
         "reload_probe_rel_diff": probe_diff,
         "compression_check": saved_check,
         "versions": package_versions(),
+        "code_version": code_version(),
+    }
+    write_json(out_dir / "quantize.json", record)
+    return record
+
+
+def quantize_gguf(
+    arm: GgufArm,
+    source: Path,
+    out_dir: Path,
+    source_sha256: dict[str, str],
+    root: Path | str = ".",
+) -> dict[str, Any]:
+    """llama.cpp's converter and quantizer build the file, the gguf package verifies each tensor
+    (quantstudy.gguf.verify_gguf), then llama.cpp reloads it and runs the probe: its logits must
+    be finite, and their distance from the source's is recorded (quantization and runtime
+    together, so not held to a tolerance)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .gguf import build_gguf_arm, gguf_bytes, llama_cpp_build
+    from .llamacpp import LlamaCppModel
+
+    texts = None if arm.calibration is None else calibration_texts(arm, root)
+    facts, seconds = build_gguf_arm(arm, source, out_dir, texts)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    ids = tokenizer(PROBE_TEXT).input_ids
+    after = LlamaCppModel(out_dir).score(ids)[-1]
+    if not torch.isfinite(after).all():
+        raise AssertionError(f"arm {arm.name}: llama.cpp's probe logits are not finite")
+    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    before = probe_logits(reference, tokenizer)
+    facts["probe_vs_source_rel_diff"] = float(
+        (after - before).abs().max() / before.abs().max().clamp_min(1e-6)
+    )
+    facts["probe_top1_agrees"] = bool(after.argmax() == before.argmax())
+    files = dir_weight_files(out_dir)
+    record = {
+        "arm": arm.name,
+        "method": arm.method,
+        "bits": arm.bits,
+        "parameters": arm.params(),
+        "seconds": seconds,
+        "device": device_record("cpu") | {"used": "cpu", "runtime": "llama.cpp"},
+        "disk_bytes": disk_bytes(files),
+        "memory_bytes": gguf_bytes(out_dir / "model.gguf"),
+        "sha256": sha256_files(files, out_dir),
+        "source_sha256": source_sha256,
+        "verified": facts
+        | {"quantized_modules": facts["weight_matrices"] if arm.quantized else 0},  # fmt: skip
+        "reload_probe_rel_diff": None,
+        "compression_check": None,
+        "versions": package_versions() | llama_cpp_build(),
         "code_version": code_version(),
     }
     write_json(out_dir / "quantize.json", record)

@@ -79,12 +79,11 @@ def reference_markdown(schema: dict[str, Any]) -> str:
         ),
     ]
     out += ["", "### `model`", head, *_rows(schema, schema["$defs"]["model"], "model.")]
-    methods = [
-        ("baseline", "arm_baseline"),
-        ("bnb-int8", "arm_bnb_int8"),
-        ("bnb-4bit", "arm_bnb_4bit"),
-        ("gptq / awq", "arm_llmcompressor"),
-    ]
+    methods = []  # (label, $defs key) of each method, in the schema's order
+    for case in schema["$defs"]["arm"]["allOf"]:
+        method = case["if"]["properties"]["method"]
+        names = method.get("enum") or [method["const"]]
+        methods.append((" / ".join(names), case["then"]["$ref"].rsplit("/", 1)[-1]))
     arm_desc = " ".join(schema["properties"]["arms"]["description"].split())
     out += ["", "### `arms.<name>`", "", arm_desc]
     for label, key in methods:

@@ -232,4 +232,11 @@ class Study(Spec):
                 "{name} is not one of the arms ({arms})",
                 {"at": ("baseline",), "name": repr(self.baseline), "arms": ", ".join(self.arms)},
             )
+        if self.arms[self.baseline].method == "gguf":
+            raise PydanticCustomError(
+                "gguf_baseline",
+                "{name} is a gguf arm: the baseline is a transformers arm (an unquantized gguf arm "
+                "beside it shows what llama.cpp's runtime changes)",
+                {"at": ("baseline",), "name": repr(self.baseline)},
+            )
         return self

@@ -12,7 +12,6 @@ sys.path.insert(0, workflow.basedir)
 from quantstudy import config as qconfig  # noqa: E402
 from quantstudy import preflight  # noqa: E402
 from quantstudy import records as qrecords  # noqa: E402
-from quantstudy.arms import LlmCompressorArm  # noqa: E402
 
 # --- config: schema (with defaults), the typed model, then the checks neither can make -------
 # All of it runs while the workflow is parsed, so a bad config stops before any job starts (and
@@ -143,13 +142,13 @@ def get_prepare_input(wildcards):
 
 
 def calibration_of(arm):
-    """The arm's typed calibration spec; None for arms that take no calibration."""
-    spec = STUDY_CONFIG.arms[arm]
-    return spec.calibration if isinstance(spec, LlmCompressorArm) else None
+    """The arm's typed calibration spec (GPTQ, AWQ; a GGUF arm's importance matrix); None for
+    arms that take none."""
+    return getattr(STUDY_CONFIG.arms[arm], "calibration", None)
 
 
 def get_calibration_input(wildcards):
-    """A local calibration file, or the pre-fetched hub dataset, for GPTQ/AWQ arms."""
+    """A local calibration file, or the pre-fetched hub dataset, for arms that calibrate."""
     calib = calibration_of(wildcards.arm)
     if calib is None:
         return []
