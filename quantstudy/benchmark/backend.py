@@ -27,7 +27,7 @@ def load_model(directory: Path | str, device: torch.device):
     synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     start = time.perf_counter()
-    model = load_arm(directory, device, check=False)
+    model = load_arm(directory, device, check=False, all_logits=False)
     synchronize(device)
     seconds = time.perf_counter() - start
     allocated = torch.cuda.memory_allocated(device) - before if device.type == "cuda" else None
@@ -49,6 +49,8 @@ def model_record(
     """The record of a loaded model (the schema's `model`): its footprint and kernels as loaded,
     then after the warm-up forward (which it runs) and the removal of no-op wrappers."""
     quantize = _read_quantize_json(directory)
+    if getattr(model, "runtime", None) == "llama.cpp":
+        return _llamacpp_record(name, directory, model, seconds, quantize, warm_ids)
     after_load = footprint(model)
     layers_after_load = linear_layers(model)
     grown = warm_up(model, warm_ids, device)
@@ -73,6 +75,55 @@ def model_record(
         "cuda_allocated_after_warmup_bytes": None if allocated is None else allocated + grown,
         "bnb_cpu_path": bnb_cpu_record(model)["bnb_cpu_path"],
     }
+
+
+def _llamacpp_record(name, directory: Path, model, seconds, quantize, warm_ids) -> dict[str, Any]:
+    """The record of a GGUF arm in llama.cpp: footprint and per-token bytes from the file's
+    tensors (llama.cpp maps the file), ggml types for layers, the process's resident memory after
+    the warm-up prompt."""
+    from ..gguf import decode_bytes, gguf_bytes, tensor_table
+
+    table = tensor_table(model.path)
+    held = {f"{key}_bytes": value for key, value in gguf_bytes(model.path).items()}
+    read, excluded = decode_bytes(table)
+    types: dict[str, int] = {}
+    for t in table.values():
+        if len(t["shape"]) >= 2:
+            types[t["type"]] = types.get(t["type"], 0) + 1
+    model.prefill(warm_ids[0].tolist())
+    return {
+        "name": name,
+        "dir": str(directory),
+        "method": quantize.get("method") if isinstance(quantize, dict) else None,
+        "quantize": quantize,
+        "dtype": "gguf:" + ((quantize or {}).get("parameters") or {}).get("quant_type", "?"),
+        "runtime": "llama.cpp",
+        "load_s": seconds,
+        "disk_bytes": sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
+        "weights_disk_bytes": disk_bytes(dir_weight_files(directory)),
+        "footprint_after_load": held,
+        "footprint": held,
+        "weight_bytes_per_token": read,
+        "weight_bytes_excluded": excluded,
+        "layers_after_load": types,
+        "layers": types,
+        "removed_wrappers": {},
+        "cuda_allocated_after_load_bytes": None,
+        "cuda_allocated_after_warmup_bytes": None,
+        "process_rss_bytes": process_rss_bytes(),
+        "bnb_cpu_path": None,
+    }
+
+
+def process_rss_bytes() -> int | None:
+    """This process's resident memory (Linux: /proc/self/status VmRSS); None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def vocab_size(model) -> int:

@@ -12,16 +12,17 @@ from typing import Any
 import torch
 
 from ..device import device_record, resolve_device
+from ..loading import is_gguf_arm
 from ..memory import is_out_of_memory
 from ..provenance import code_version
 from .assemble import assemble_mode
 from .backend import check_vocab, load_model, model_record, name_of, vocab_size
 from .isolation import largest_batch_isolated
-from .modes import mode_spec
+from .modes import LLAMACPP_DESCRIPTION, mode_spec
 from .record import SCHEMA_ID
 from .scenarios import merge_raw, prompt_ids, run_modes
 from .search import largest_batch_for
-from .settings import resolve_settings, settings_at_batch
+from .settings import llamacpp_settings, resolve_settings, settings_at_batch
 from .timing import Timer, TimerFn, free_memory, measure_bandwidth
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ def run_benchmark(
     `arm`, else the directory's name."""
     wall_start = time.perf_counter()
     settings = resolve_settings(settings)
+    gguf = is_gguf_arm(arm_dir)
+    if gguf:
+        settings = llamacpp_settings(settings)
     device = resolve_device(device)
     timer = timer or Timer(device)
     arm_dir, baseline_dir = Path(arm_dir), Path(baseline_dir)
@@ -135,6 +139,11 @@ def run_benchmark(
             mode: assemble_mode(raw_mode, settings, models_out, bandwidth_gbps, strategy)
             for mode, raw_mode in raw.items()
         }
+        if gguf:
+            for entry in modes.values():
+                entry["description"] = (
+                    f"arm: llama.cpp ({LLAMACPP_DESCRIPTION}); baseline: {entry['description']}"
+                )
         largest = {}
         isolate = settings["largest_batch"].get("isolate", "auto")
         isolate = device.type == "cuda" if isolate == "auto" else bool(isolate)

@@ -259,6 +259,54 @@ def _raise_recompile_limits(limit: int = 64) -> None:
             setattr(config, name, 4 * limit)
 
 
-def make_runner(model, spec: ModeSpec) -> EagerRunner | StaticRunner:
-    """The runner of a mode for one model."""
+LLAMACPP_DESCRIPTION = (
+    "llama-cpp-python, one sequence, greedy; prefill = the prompt from an empty cache, last "
+    "position's logits only"
+)
+
+
+class LlamaCppRunner:
+    """A GGUF arm in llama.cpp (quantstudy.llamacpp), one sequence at a time: prefill evaluates
+    the prompt from an empty cache; decode and generation are greedy steps, each one llama.cpp
+    decode call (its own graph and CPU kernels: no mode applies)."""
+
+    compiled = False
+
+    def __init__(self, model):
+        self.model = model
+
+    def _rows(self, ids: torch.Tensor) -> list[int]:
+        if ids.shape[0] != 1:
+            raise ValueError("llama.cpp arms are measured at batch size 1 only")
+        return ids[0].tolist()
+
+    def _generate(self, ids: torch.Tensor, new_tokens: int) -> Callable[[], None]:
+        row = self._rows(ids)
+
+        def run():
+            if len(self.model.greedy(row, new_tokens)) != new_tokens:
+                raise RuntimeError(f"llama.cpp made fewer than {new_tokens} tokens")
+
+        return run
+
+    def prefill(self, ids: torch.Tensor) -> Sample:
+        row = self._rows(ids)
+
+        def sample(timer):
+            ms, memory = timer(lambda: self.model.prefill(row), None)
+            return {"ms": ms}, memory
+
+        return sample
+
+    decode = EagerRunner.decode
+    generate = EagerRunner.generate
+
+    def release(self) -> None:
+        pass
+
+
+def make_runner(model, spec: ModeSpec) -> EagerRunner | StaticRunner | LlamaCppRunner:
+    """The runner of a mode for one model (a GGUF arm: llama.cpp's, whatever the mode)."""
+    if getattr(model, "runtime", None) == "llama.cpp":
+        return LlamaCppRunner(model)
     return EagerRunner(model) if spec.name == "eager" else StaticRunner(model, spec)

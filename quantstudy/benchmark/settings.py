@@ -96,6 +96,20 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
     return out
 
 
+def llamacpp_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a GGUF arm's job runs under (quantstudy.llamacpp): mode eager only, since
+    llama.cpp runs its own graph whatever the mode and static would measure it twice; batch size
+    1, since llama-cpp-python runs one sequence at a time; no largest-batch search. The record's
+    `settings` are these, so the report shows what was measured."""
+    out = copy.deepcopy(dict(settings))
+    for section in ("prefill", "decode", "throughput"):
+        out[section]["modes"] = [m for m in out[section]["modes"] if m == "eager"]
+    out["prefill"]["batch_size"] = out["decode"]["batch_size"] = 1
+    out["throughput"]["batch_sizes"] = [b for b in out["throughput"]["batch_sizes"] if b == 1]
+    out["largest_batch"]["modes"] = []
+    return out
+
+
 def _overlay(base: dict, new: Mapping[str, Any], path: str) -> None:
     for key, value in new.items():
         if key not in base:
