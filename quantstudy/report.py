@@ -171,12 +171,43 @@ def summary_sentences(
             "Batch sizes differ: " + "; ".join(caveats) + ". Padding moves lm-eval's scores a "
             "little, so these verdicts mix that in; rerun with a batch size every arm fits."
         )
+    runtime = runtime_sentence(decision)
+    if runtime:
+        out.append(runtime)
     measured = decision[decision["speed_vs_baseline"].notna()]
     if len(measured):
         out.append(f"Decode speed: {measured['speed_measure'].iloc[0]}.")
     else:
         out.append("Decode speed: not measured (no benchmark results).")
     return out
+
+
+def runtime_sentence(decision: pd.DataFrame) -> str | None:
+    """Which arms llama.cpp ran (method gguf), and whether the study can tell its runtime apart
+    from its quantization: an unquantized GGUF arm (16 or 32 bits) is the baseline's weights in
+    llama.cpp, so its verdicts are the runtime's alone. None without GGUF arms."""
+    gguf = decision[decision["method"] == "gguf"]
+    if gguf.empty:
+        return None
+    plain = gguf[gguf["bits"].astype(float) >= 16]
+    quantized = [a for a in gguf["arm"] if a not in set(plain["arm"])]
+    text = (
+        f"Runtime: {', '.join(gguf['arm'])} ran in llama.cpp (GGUF files), every other arm in "
+        "transformers; a GGUF arm's difference from the baseline is llama.cpp's runtime and its "
+        "quantization together."
+    )
+    if plain.empty:
+        return text + (" No unquantized GGUF arm was run, so the two are not separated (add one "
+                       "with quant_type F16, BF16 or F32).")  # fmt: skip
+    tasks = _verdict_tasks(decision)
+    for r in plain.to_dict("records"):
+        verdicts = ", ".join(f"{t}: {r[VERDICT_PREFIX + t]}" for t in tasks)
+        text += (f" {r['arm']} is the source's weights unquantized in llama.cpp: its verdicts "
+                 f"({verdicts}) are the runtime's alone.")  # fmt: skip
+    if quantized:
+        text += (f" So {', '.join(quantized)} differ from {', '.join(plain['arm'])} by "
+                 "quantization alone; their comparisons with the baseline include both.")  # fmt: skip
+    return text
 
 
 _FRONT_CSS = (
@@ -452,6 +483,16 @@ def provenance_rows(
         for name, digest in sorted((rec.get("sha256") or {}).items()):
             add("weights", arm, f"sha256 {name}", digest)
         add("weights", arm, "quantized on", _device_text(rec.get("device")))
+        if rec.get("method") == "gguf":
+            verified = rec.get("verified") or {}
+            versions_ = rec.get("versions") or {}
+            add("weights", arm, "runtime",
+                f"llama.cpp (llama-cpp-python {versions_.get('llama_cpp_python')})")  # fmt: skip
+            add("weights", arm, "llama.cpp build", versions_.get("llama_cpp_system_info"))
+            add("weights", arm, "file type", verified.get("file_type"))
+            add("weights", arm, "tensor types (weight matrices)", verified.get("types"))
+            add("weights", arm, "bits per weight (weight matrices)",
+                verified.get("bits_per_weight"))  # fmt: skip
     versions: dict[tuple[str, str], set[str]] = {}
     for rec in quant.values():
         for pkg, ver in (rec.get("versions") or {}).items():
