@@ -106,6 +106,7 @@ def tiny_config(tokenizer_dir: Path, calibration: Path) -> dict:
                 "dtype": "fp32",
                 "calibration": dict(calib),
             },
+            "q8": {"method": "gguf", "quant_type": "Q8_0"},
         },  # fmt: skip
         "tasks": {
             "demo_capitals": {"limit": LIMITS["demo_capitals"], "batch_size": "auto"},
