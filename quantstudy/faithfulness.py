@@ -54,6 +54,8 @@ from .config import resolve_path
 from .provenance import code_version, package_versions, write_json
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .study import Faithfulness
 
 log = logging.getLogger(__name__)
@@ -229,19 +231,28 @@ def reference_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int) -> di
     }
 
 
+GREEDY_TOKENS = 256
+"""Tokens the gap bound's greedy fill looks at one by one; the rest of the mass is bounded by
+the last of them (see `_greedy_cross_entropy`)."""
+
+
 def _greedy_cross_entropy(tail_nlq: torch.Tensor, cap: torch.Tensor, mass: torch.Tensor, n_tail: int) -> torch.Tensor:  # fmt: skip
-    """max −Σ p_j log q_j over p_j ∈ [0, cap], Σ p_j = mass: `cap` on the tokens of largest
-    −log q (tail_nlq [..., V], -inf at the n_tail tokens left out), the remainder on the next."""
-    need = torch.ceil(mass / cap.clamp_min(1e-38)).clamp_max(n_tail)
-    m = int(need.max().item()) if need.numel() else 0
-    if m <= 0:
+    """An upper bound on max −Σ p_j log q_j over p_j ∈ [0, cap] with Σ p_j = mass (tail_nlq
+    [..., V]: −log q_j, -inf at tokens left out; n_tail tokens are not): the maximum puts `cap`
+    on the tokens of largest −log q, the remainder on the next. It is taken exactly over the
+    GREEDY_TOKENS largest values; mass still left after them goes at the smallest of those
+    values, which no later token exceeds (so the bound stays valid and costs one top-k)."""
+    m = min(GREEDY_TOKENS, n_tail)
+    if m <= 0 or not mass.numel():
         return torch.zeros_like(mass)
-    largest = tail_nlq.topk(m, dim=-1).values
+    largest = tail_nlq.topk(m, dim=-1).values  # descending
     steps = torch.arange(m, dtype=mass.dtype, device=mass.device)
     weights = (mass.unsqueeze(-1) - steps * cap.unsqueeze(-1)).clamp(min=0)
     weights = torch.minimum(weights, cap.unsqueeze(-1))
     terms = torch.where(weights > 0, weights * largest, torch.zeros_like(largest))
-    return terms.sum(-1)
+    left = (mass - weights.sum(-1)).clamp(min=0)
+    last = torch.where(left > 0, left * largest[..., -1], torch.zeros_like(left))
+    return terms.sum(-1) + last
 
 
 def arm_stats(logq: torch.Tensor, ref: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -489,3 +500,98 @@ def summarize(tokens: Mapping[str, np.ndarray], alpha: float) -> dict[str, Any]:
     if n_windows < 2:
         out["note"] = "one window: no standard error or confidence interval (give more tokens)"
     return out
+
+
+# --------------------------------------------------------------------------- the study's table
+
+TABLE_COLUMNS = [
+    "arm", "method", "status", "memory_bytes", "memory_vs_baseline", "n_windows", "n_tokens",
+    "kl_mean", "kl_se", "kl_p90", "kl_p99", "kl_p99.9", "kl_max", "kl_gap_bound_mean",
+    "rest_mass_mean", "top1_agreement", "top1_agreement_ci_low", "top1_agreement_ci_high",
+    "ppl_baseline", "ppl_arm", "ppl_ratio", "ppl_ratio_ci_low", "ppl_ratio_ci_high", "dp_mean",
+    "dp_ci_low", "dp_ci_high", "dp_rms", "top_k", "device",
+]  # fmt: skip
+"""Columns of tables/faithfulness.csv, one row per configured arm."""
+
+
+def tokens_path(arm_json: Path | str) -> Path:
+    """Where an arm's per-token values lie beside its faithfulness record."""
+    arm_json = Path(arm_json)
+    return arm_json.with_name(arm_json.name.removesuffix(".json") + ".tokens.npz")
+
+
+def by_arm(arm_jsons: Sequence[Path | str]) -> dict[str, dict[str, Any]]:
+    """The faithfulness records (successes and failure records) by arm."""
+    from . import records
+
+    return {r["arm"]: r for r in map(records.read, arm_jsons)}
+
+
+def summary_table(
+    found: Mapping[str, Mapping[str, Any]],
+    quant: Mapping[str, Mapping[str, Any]],
+    arms: Mapping[str, Mapping[str, Any]],
+    baseline: str,
+) -> pd.DataFrame:
+    """One row per configured arm: its agreement with the baseline and its bytes in memory (from
+    quantize.json, as the decision table has them); NaN where the arm has no record."""
+    import pandas as pd
+
+    from .records import is_failure
+
+    base = quant.get(baseline)
+    base_mem = float(base["memory_bytes"]["total"]) if base else math.nan
+    rows = []
+    for arm, spec in arms.items():
+        rec, q = found.get(arm), quant.get(arm)
+        memory = float(q["memory_bytes"]["total"]) if q else math.nan
+        row: dict[str, Any] = {
+            "arm": arm,
+            "method": spec["method"],
+            "memory_bytes": memory,
+            "memory_vs_baseline": memory / base_mem if base_mem else math.nan,
+        }
+        if rec is None:
+            row["status"] = "missing: not measured"
+        elif is_failure(rec):
+            row["status"] = f"missing: {rec['reason']}"
+        else:
+            row |= {k: rec.get(k, math.nan) for k in TABLE_COLUMNS if k in rec}
+            row["status"] = "ok"
+            row["device"] = ((rec.get("device") or {}).get("used")) or None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def write_report_table(
+    arm_jsons: Sequence[Path | str],
+    model_dirs: Sequence[Path | str],
+    arms: Mapping[str, Mapping[str, Any]],
+    baseline: str,
+    out_csv: Path | str,
+    out_html: Path | str,
+    study: str,
+) -> pd.DataFrame:
+    """tables/faithfulness.csv and its report page from every arm's record."""
+    from .aggregate import load_quantize_records
+    from .report import html_page, html_table
+
+    table = summary_table(by_arm(arm_jsons), load_quantize_records(model_dirs), arms, baseline)
+    table.to_csv(out_csv, index=False)
+    caption = (
+        f"Every arm against the baseline {baseline!r} on the same token windows of held-out "
+        "text. kl_*: KL(baseline ‖ arm) per token in nats over the baseline's top_k tokens plus "
+        "one bin for the rest (a lower bound on the full KL; kl_gap_bound_mean bounds the "
+        "difference, rest_mass_mean is the baseline's mass outside its top-k); mean with its "
+        "standard error over windows and percentiles over tokens. top1_agreement: how often the "
+        "arm's most likely token is the baseline's. ppl_*: perplexity of the actual next tokens "
+        "and the ratio arm / baseline; dp_*: change in the probability of the actual next token "
+        "(arm − baseline), mean and RMS. Intervals are 1 − alpha, Student's t over windows "
+        "(paired: both models saw every window). See docs/faithfulness.md."
+    )
+    Path(out_html).write_text(
+        html_page(
+            f"Study {study}: agreement with the baseline", [("Per arm", caption, html_table(table))]
+        )  # fmt: skip
+    )
+    return table
