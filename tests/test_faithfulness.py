@@ -282,3 +282,110 @@ def test_one_window_has_no_interval():
     s = fa.summarize(tokens, 0.05)
     assert math.isnan(s["kl_se"]) and math.isnan(s["ppl_ratio_ci_low"])
     assert s["top1_agreement"] == 1 and "one window" in s["note"]
+
+
+# --------------------------------------------------------------------------- the config checks
+
+
+def test_the_held_out_file_is_checked_before_any_job(tmp_path, tokenizer_dir, calibration_file):
+    from quantstudy import config as qconfig
+    from tests.conftest import ROOT, tiny_config
+
+    def check(faithfulness):
+        config = tiny_config(tokenizer_dir, calibration_file) | {"faithfulness": faithfulness}
+        qconfig.validate_schema(config)
+        qconfig.check(qconfig.typed(config), root=ROOT)
+
+    check({"enabled": True, "path": str(calibration_file.parent / "make_demo_calibration.py")})
+    check({"enabled": False, "path": str(tmp_path / "absent.txt")})  # not measured: not read
+    with pytest.raises(
+        qconfig.ConfigError, match=r"^faithfulness\.path: .*absent.txt.* not a file"
+    ):
+        check({"enabled": True, "path": str(tmp_path / "absent.txt")})
+    (tmp_path / "blank.txt").write_text("\n\n")
+    with pytest.raises(qconfig.ConfigError, match=r"^faithfulness\.path: .*holds no text"):
+        check({"enabled": True, "path": str(tmp_path / "blank.txt")})
+    with pytest.raises(qconfig.ConfigError, match=r"arms\.gptq\.calibration\.path; held-out"):
+        check({"enabled": True, "path": str(calibration_file)})
+
+
+# --------------------------------------------------------------------------- tables and figures
+
+
+def record(arm: str, kl: float, agree: float) -> dict:
+    return {"arm": arm, "kl_mean": kl, "kl_se": kl / 10, "top1_agreement": agree,
+            "ppl_ratio": 1 + kl, "device": {"used": "cpu"}}  # fmt: skip
+
+
+ARMS = {"base": {"method": "baseline"}, "q4": {"method": "bnb-4bit"}, "gone": {"method": "gptq"}}
+QUANT = {"base": {"memory_bytes": {"total": 400.0}}, "q4": {"memory_bytes": {"total": 100.0}}}
+
+
+def test_the_table_has_every_configured_arm_with_its_memory():
+    found = {"base": record("base", 0.0, 1.0), "q4": record("q4", 0.05, 0.9),
+             "gone": {"arm": "gone", "status": "failed", "reason": "faithfulness failed: X"}}  # fmt: skip
+    table = fa.summary_table(found, QUANT, ARMS, "base").set_index("arm")
+    assert list(table.index) == ["base", "q4", "gone"]
+    assert table.loc["q4", "kl_mean"] == 0.05 and table.loc["q4", "memory_vs_baseline"] == 0.25
+    assert table.loc["q4", "status"] == "ok" and table.loc["q4", "device"] == "cpu"
+    assert table.loc["gone", "status"] == "missing: faithfulness failed: X"
+    assert math.isnan(table.loc["gone", "kl_mean"]) and math.isnan(
+        table.loc["gone", "memory_bytes"]
+    )
+
+
+def test_the_decision_table_gains_kl_columns_only_when_measured(tmp_path):
+    """The frozen tiny study's decision table, recomputed with agreement records for two of its
+    arms: the same table plus the agreement columns (NaN for arms without one), and the front
+    page shows them."""
+    from tests import golden
+
+    frozen = pd.read_csv(golden.GOLDEN / "tables" / "decision.csv")
+    s = golden.study()
+    files = []
+    for arm, kl in (("fp32", 0.0), ("nf4_dq", 0.125)):
+        path = tmp_path / f"{arm}.json"
+        path.write_text(json.dumps(record(arm, kl, 1 - kl)))
+        files.append(path)
+    from quantstudy import compare
+    from quantstudy.study import Analysis
+
+    inputs = golden.inputs()
+    out = {k: tmp_path / f"{k}.out" for k in ("decision_html", "summary", "summary_md")}
+    out |= {k: tmp_path / f"{k}.csv" for k in golden.TABLES}
+    compare.run(
+        inputs["samples"], inputs["evals"], inputs["models"], inputs["bench"], s["arms"],
+        s["tasks"], s["baseline"], Analysis.parse(s["analysis"]), s["study"], out,
+        faithfulness_files=files,
+    )  # fmt: skip
+    now = pd.read_csv(out["decision"])
+    assert list(now.columns) == list(frozen.columns) + ["kl_mean", "kl_se", "top1_agreement",
+                                                        "ppl_ratio"]  # fmt: skip
+    pd.testing.assert_frame_equal(now[frozen.columns], frozen, check_exact=False, rtol=1e-9)
+    kl = now.set_index("arm")["kl_mean"]
+    assert kl["nf4_dq"] == 0.125 and kl["fp32"] == 0 and kl.drop(["fp32", "nf4_dq"]).isna().all()
+    md = out["summary_md"].read_text()
+    assert "| KL (nats) | top-1 agreement |" in md and "0.125 ± 0.012 | 0.875 |" in md
+
+
+def test_the_figures_are_drawn_from_the_records(tiny_source, text_file, perturbed, tmp_path):
+    from quantstudy import plots
+
+    _, _, _ = run(tmp_path, tiny_source, perturbed, text_file)
+    arm_json = tmp_path / "arms" / "q4.json"
+    arm_json.parent.mkdir()
+    rec = json.loads((tmp_path / "arm.json").read_text()) | {"arm": "q4"}
+    arm_json.write_text(json.dumps(rec))
+    shutil.copy(tmp_path / "arm.tokens.npz", fa.tokens_path(arm_json))
+    failed = tmp_path / "arms" / "gone.json"
+    failed.write_text(json.dumps({"arm": "gone", "status": "failed", "reason": "x"}))
+    table = fa.summary_table(fa.by_arm([arm_json, failed]), QUANT, ARMS, "base")
+    names = ("kl_distribution", "kl_vs_memory", "agreement_vs_memory")
+    out = {n: tmp_path / "fig" / f"{n}.png" for n in names}
+    plots.draw_faithfulness_figures(table, [arm_json, failed], ARMS, out)
+    dist = pd.read_csv(out["kl_distribution"].with_suffix(".csv"))
+    assert set(dist["arm"]) == {"q4"} and len(dist) == 64
+    np.testing.assert_allclose(dist["kl"].mean(), rec["kl_mean"], rtol=1e-6)
+    vs = pd.read_csv(out["agreement_vs_memory"].with_suffix(".csv"))
+    assert list(vs["arm"]) == ["q4"] and vs["memory_MB"].iloc[0] == 100 / 1e6
+    assert all(out[n].exists() and out[n].with_suffix(".svg").exists() for n in names)
