@@ -731,8 +731,8 @@ def kl_distribution(
         + scale_y_log10()
         + labs(
             x="",
-            y=f"KL(baseline ‖ arm) per token, nats (log; < {KL_FLOOR:g} drawn at it)",
-            title="red: mean",
+            y="KL(baseline ‖ arm) per token, nats (log scale)",
+            title=f"red: mean; values below {KL_FLOOR:g} drawn at {KL_FLOOR:g}",
         )  # fmt: skip
         + theme_bw()
         + theme(axis_text_x=element_text(rotation=30, ha="right"))

@@ -206,7 +206,7 @@ class Faithfulness(Spec):
     num_tokens: Annotated[int, Field(ge=1)] = 65536
     context_length: Annotated[int, Field(ge=2)] = 2048
     stride: Annotated[int, Field(ge=1)] = 1024
-    top_k: Annotated[int, Field(ge=1)] = 64
+    top_k: Annotated[int, Field(ge=1)] = 1024
     batch_size: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")

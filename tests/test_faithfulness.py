@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -365,7 +366,7 @@ def test_the_decision_table_gains_kl_columns_only_when_measured(tmp_path):
     kl = now.set_index("arm")["kl_mean"]
     assert kl["nf4_dq"] == 0.125 and kl["fp32"] == 0 and kl.drop(["fp32", "nf4_dq"]).isna().all()
     md = out["summary_md"].read_text()
-    assert "| KL (nats) | top-1 agreement |" in md and "0.125 ± 0.012 | 0.875 |" in md
+    assert "| KL (nats) | top-1 agreement |" in md and "0.125 ± 0.013 | 0.875 |" in md
 
 
 def test_the_figures_are_drawn_from_the_records(tiny_source, text_file, perturbed, tmp_path):
@@ -389,3 +390,33 @@ def test_the_figures_are_drawn_from_the_records(tiny_source, text_file, perturbe
     vs = pd.read_csv(out["agreement_vs_memory"].with_suffix(".csv"))
     assert list(vs["arm"]) == ["q4"] and vs["memory_MB"].iloc[0] == 100 / 1e6
     assert all(out[n].exists() and out[n].with_suffix(".svg").exists() for n in names)
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+@pytest.mark.workflow
+def test_the_tiny_study_gains_one_reference_and_one_job_per_arm(
+    tmp_path, tokenizer_dir, calibration_file
+):
+    """The plan of the tiny study with faithfulness: the reference once, one job per arm (the
+    baseline too), the study-level table, and compare waits for the arms' records."""
+    from tests.conftest import job, jobs_in, snakemake, tiny_config, write_config
+
+    config = tiny_config(tokenizer_dir, calibration_file)
+    config["faithfulness"] = {"enabled": True, "path": "config/faithfulness/demo.txt",
+                              "num_tokens": 64, "context_length": 32, "stride": 16}  # fmt: skip
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", "-c1")
+    plan = jobs_in(proc.stdout + proc.stderr)
+    ours = {(r, w) for r, w in plan if r.startswith("faithfulness")}
+    assert ours == {
+        job("faithfulness_reference", study="tiny"),
+        job("faithfulness_report", study="tiny"),
+        *(job("faithfulness", study="tiny", arm=arm) for arm in config["arms"]),
+    }
+    dot = snakemake(tmp_path, "--rulegraph").stdout
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)}
+    assert {("faithfulness", "compare"), ("faithfulness", "faithfulness_report"),
+            ("faithfulness_reference", "faithfulness"), ("quantize", "faithfulness")} <= edges  # fmt: skip
