@@ -292,7 +292,7 @@ def get_faithfulness_outputs(study=STUDY):
 
 
 def get_faithfulness_report_outputs(study=STUDY):
-    """What rule faithfulness_report makes: the table, its page and the three figures."""
+    """The outputs of faithfulness_report: the table, its page and the three figures."""
     figures = ("kl_distribution", "kl_vs_memory", "agreement_vs_memory")
     return [
         f"results/{study}/tables/faithfulness.csv",
