@@ -159,8 +159,11 @@ def _hf_backend(arm_dir: Path, device: str | None) -> LogprobBackend:
     def logprobs(windows: torch.Tensor, stride: int) -> torch.Tensor:
         ids = windows.to(device=dev, dtype=torch.long)
         with torch.inference_mode():
-            out = model(input_ids=ids, use_cache=False, logits_to_keep=stride + 1)
-        return torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            try:  # only the positions scored: the lm_head runs on stride + 1 of them
+                logits = model(input_ids=ids, use_cache=False, logits_to_keep=stride + 1).logits
+            except TypeError:  # a model class without logits_to_keep: all positions, sliced
+                logits = model(input_ids=ids, use_cache=False).logits[:, -stride - 1 :]
+        return torch.log_softmax(logits[:, :-1].float(), dim=-1)
 
     record = {"backend": "transformers", "device": device_record(dev) | {"used": str(dev)}}
     record["device"] |= bnb_cpu_record(model)
