@@ -461,7 +461,7 @@ def window_ci(values: np.ndarray, window: np.ndarray, alpha: float, floor: float
 def summarize(tokens: Mapping[str, np.ndarray], alpha: float) -> dict[str, Any]:
     """An arm's agreement with the baseline from its per-token values (TOKEN_ARRAYS), paired over
     windows: mean KL with its SE, KL percentiles, top-1 agreement with a CI (1 − alpha; never
-    narrower than what the windows can rule out when all agree, docs/statistics.md), perplexity
+    narrower than what n unchanged tokens can rule out when all agree, docs/statistics.md), perplexity
     of each and their ratio with a CI, mean and RMS change in the correct token's probability."""
     from .stats import zero_change_bound
 
@@ -470,7 +470,9 @@ def summarize(tokens: Mapping[str, np.ndarray], alpha: float) -> dict[str, Any]:
     kl = tokens["kl"].astype(np.float64)
     kl_mean, kl_se, _, _ = window_ci(kl, window, alpha)
     agree = tokens["agree"].astype(np.float64)
-    all_agree_floor = zero_change_bound(n_windows, alpha / 2) if agree.min() == agree.max() else 0.0
+    # every token agrees (or none does): at least the zero-change floor of n items, as the
+    # clustered intervals of docs/statistics.md have it
+    all_agree_floor = zero_change_bound(kl.size, alpha / 2) if agree.min() == agree.max() else 0.0
     agree_mean, _, agree_low, agree_high = window_ci(agree, window, alpha, all_agree_floor)
     base, arm = tokens["base_target_logp"].astype(np.float64), tokens["arm_target_logp"].astype(np.float64)  # fmt: skip
     nll_diff = base - arm  # log(ppl_arm / ppl_base) per token, averaged

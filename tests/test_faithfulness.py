@@ -142,8 +142,8 @@ def test_an_arm_identical_to_the_baseline_agrees_exactly(tiny_source, text_file,
     assert (tokens["base_target_logp"] == tokens["arm_target_logp"]).all()
     assert summary["kl_mean"] == 0 and summary["kl_max"] == 0 and summary["kl_se"] == 0
     assert summary["top1_agreement"] == 1 and summary["top1_agreement_ci_high"] == 1
-    # all 4 windows agree: the interval is never narrower than 4 windows can rule out
-    assert summary["top1_agreement_ci_low"] == pytest.approx(0.025 ** (1 / 4))
+    # all 64 tokens agree: the interval is never narrower than 64 unchanged items can rule out
+    assert summary["top1_agreement_ci_low"] == pytest.approx(0.025 ** (1 / 64))
     assert summary["ppl_ratio"] == 1 and summary["dp_mean"] == 0 and summary["dp_rms"] == 0
     assert summary["ppl_arm"] == summary["ppl_baseline"]
 
