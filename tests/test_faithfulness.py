@@ -420,3 +420,31 @@ def test_the_tiny_study_gains_one_reference_and_one_job_per_arm(
     edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)}
     assert {("faithfulness", "compare"), ("faithfulness", "faithfulness_report"),
             ("faithfulness_reference", "faithfulness"), ("quantize", "faithfulness")} <= edges  # fmt: skip
+
+
+@pytest.mark.workflow
+def test_too_little_text_fails_the_reference_and_every_arm_says_why(
+    tmp_path, tokenizer_dir, calibration_file
+):
+    """A run whose held-out text is too short: the reference job leaves a failure record naming
+    faithfulness.num_tokens, every arm's job records that it could not run, and the table and
+    figures are still made, every arm missing with the reason."""
+    from tests.conftest import snakemake, tiny_config, write_config
+
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words of text.\n")
+    config = tiny_config(tokenizer_dir, calibration_file)
+    config["arms"] = {k: config["arms"][k] for k in ("fp32", "nf4_dq")}
+    config["faithfulness"] = {"enabled": True, "path": str(short), "num_tokens": 64,
+                              "context_length": 32, "stride": 16}  # fmt: skip
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "-c1", "results/tiny/tables/faithfulness.csv")
+    out = tmp_path / "results" / "tiny" / "faithfulness"
+    ref = json.loads((out / "reference" / "reference.json").read_text())
+    assert ref["status"] == "failed" and "faithfulness.num_tokens" in ref["reason"]
+    for arm in ("fp32", "nf4_dq"):
+        rec = json.loads((out / "arms" / f"{arm}.json").read_text())
+        assert rec["upstream"] and "its baseline's reference job failed" in rec["reason"]
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / "faithfulness.csv")
+    assert table["status"].str.contains("faithfulness.num_tokens").all()
+    assert (tmp_path / "results" / "tiny" / "figures" / "kl_vs_memory.png").exists()
