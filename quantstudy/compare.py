@@ -208,13 +208,18 @@ def run(
     analysis: Analysis,
     study: str,
     out: Mapping[str, Path | str],
+    faithfulness_files: Sequence[Path | str] | None = None,
 ) -> policy.Recommendation:
     """The compare stage: read every output, write scores, comparisons, decision and summaries.
 
     Failed jobs' failure records (quantstudy.records) are shown as missing, with their reason.
     ``out`` names the files: scores, comparisons, decision (CSV), decision_html, summary (RST
-    for the report's front page) and summary_md.
+    for the report's front page) and summary_md. ``faithfulness_files`` (a study that measured
+    agreement with the baseline: every arm's `faithfulness/arms/{arm}.json`) add its KL,
+    agreement and perplexity-ratio columns to the decision table.
     """
+    from .faithfulness import by_arm
+
     missing = failed_jobs(model_dirs, eval_files, bench_files)
     samples = load_samples(samples_files)
     evals = records.successes(eval_files)
@@ -233,6 +238,7 @@ def run(
         analysis.recommend,
         primary,
         policy.batch_caveats(evals, baseline),
+        by_arm(faithfulness_files) if faithfulness_files else None,
     )
     power = policy.power_by_task(policy.deciding_rows(comparisons, primary))
     scores.to_csv(out["scores"], index=False)

@@ -266,6 +266,32 @@ def check_calibration(arm: str, calib: Calibration, root: Path | str) -> None:
         )
 
 
+def check_faithfulness(study: Study, root: Path | str) -> None:
+    """A local held-out text for `faithfulness` exists, holds text and is no arm's calibration
+    text (an arm calibrated on the text it is measured on would look better than it is)."""
+    from .arms import LlmCompressorArm
+
+    spec = study.faithfulness
+    if not spec.enabled or spec.path is None:
+        return
+    path = resolve_path(spec.path, None, root)
+    if not path.is_file():
+        raise ConfigError(f"faithfulness.path: {str(path)!r} is not a file")
+    try:
+        texts = read_calibration_file(path, spec.text_field)
+    except ValueError as e:
+        raise ConfigError(f"faithfulness.path: {e}") from None
+    if not texts:
+        raise ConfigError(f"faithfulness.path: {str(path)!r} holds no text")
+    for name, arm in study.arms.items():
+        calib = arm.calibration.path if isinstance(arm, LlmCompressorArm) else None
+        if calib is not None and resolve_path(calib, None, root).resolve() == path.resolve():
+            raise ConfigError(
+                f"faithfulness.path: {str(path)!r} is arms.{name}.calibration.path; held-out "
+                "text must not be the calibration text"
+            )
+
+
 def typed(config: Mapping[str, Any]) -> Study:
     """The typed model of a schema-validated config; a wrong field raises ConfigError naming it.
 
@@ -313,6 +339,7 @@ def check(study: Study, root: Path | str = ".") -> None:
         calib = getattr(arm, "calibration", None)  # GPTQ, AWQ; GGUF's importance matrix
         if calib is not None and calib.path is not None:
             check_calibration(name, arm.calibration, root)
+    check_faithfulness(study, root)
     include = resolve_path(study.evaluation.include_path, None, root)
     if not include.is_dir():
         raise ConfigError(f"evaluation.include_path: {str(include)!r} is not a directory")

@@ -676,3 +676,118 @@ def draw_report_figures(
     throughput(bench, names, out["throughput"])
     roofline(bench, names, out["roofline"])
     quantize_time(arms, quant, out["quantize_time"])
+
+
+# --------------------------------------------------------------------------- agreement (issue 17)
+
+KL_FLOOR = 1e-7
+"""KL values below this are drawn at it on the log axis (float32 log-probabilities resolve about
+1e-6 nats per token; the baseline against itself is exactly 0)."""
+
+
+def kl_distribution_data(arm_jsons: Sequence[Path | str], arms: Sequence[str]) -> pd.DataFrame:
+    """Per-token KL of every arm that was measured (tokens.npz beside its record), arms in config
+    order, with the value drawn (at least KL_FLOOR)."""
+    import numpy as np
+
+    from .faithfulness import by_arm, tokens_path
+    from .records import is_failure
+
+    found = by_arm(arm_jsons)
+    paths = {Path(p).name.removesuffix(".json"): Path(p) for p in arm_jsons}
+    frames = []
+    for arm in arms:
+        rec = found.get(arm)
+        if rec is None or is_failure(rec) or arm not in paths:
+            continue
+        with np.load(tokens_path(paths[arm])) as f:
+            kl = f["kl"].astype(float)
+        frames.append(pd.DataFrame({"arm": arm, "kl": kl, "drawn": np.maximum(kl, KL_FLOOR)}))
+    if not frames:
+        return pd.DataFrame(columns=["arm", "kl", "drawn"])
+    data = pd.concat(frames, ignore_index=True)
+    data["arm"] = pd.Categorical(data["arm"], categories=[a for a in arms if a in set(data["arm"])])
+    return data
+
+
+def kl_distribution(
+    arm_jsons: Sequence[Path | str], table: pd.DataFrame, arms: Sequence[str], png: Path | str
+) -> None:
+    """Per-token KL(baseline ‖ arm) per arm: box plots on a log axis with the mean marked."""
+    from plotnine import geom_boxplot
+
+    data = kl_distribution_data(arm_jsons, arms)
+    if data.empty:
+        empty_figure("No arm's agreement with the baseline was measured.", png, "KL per arm")
+        return
+    means = table[table["status"] == "ok"][["arm", "kl_mean"]].copy()
+    means = means[means["arm"].isin(data["arm"].cat.categories)]
+    means["drawn"] = means["kl_mean"].clip(lower=KL_FLOOR)
+    means["arm"] = pd.Categorical(means["arm"], categories=data["arm"].cat.categories)
+    plot = (
+        ggplot(data, aes("arm", "drawn"))
+        + geom_boxplot(outlier_size=0.5, outlier_alpha=0.3)
+        + geom_point(means, aes("arm", "drawn"), color="#dc2626", shape="D", size=2.5)
+        + scale_y_log10()
+        + labs(
+            x="",
+            y="KL(baseline ‖ arm) per token, nats (log scale)",
+            title=f"red: mean; values below {KL_FLOOR:g} drawn at {KL_FLOOR:g}",
+        )  # fmt: skip
+        + theme_bw()
+        + theme(axis_text_x=element_text(rotation=30, ha="right"))
+    )
+    save(plot, data, png, height=4.5)
+
+
+def _vs_memory(
+    table: pd.DataFrame, y: str, low: str, high: str, ylab: str, png: Path | str, title: str
+) -> None:
+    """One agreement measure (with its interval) against bytes in memory, one point per arm."""
+    data = table[(table["status"] == "ok")].dropna(subset=["memory_bytes", y]).copy()
+    if data.empty:
+        empty_figure("No arm has both an agreement record and a memory record.", png, title)
+        return
+    data["memory_MB"] = data["memory_bytes"] / 1e6
+    data["low"], data["high"] = data[low], data[high]
+    logx = data["memory_MB"].map(math.log10)
+    span = max(float(logx.max() - logx.min()), 1e-3)
+    data["panel"] = title
+    labels = point_labels(data.drop(columns=["low", "high"]), "memory_MB", y)
+    plot = (
+        ggplot(data, aes("memory_MB", y, color="method"))
+        + geom_errorbar(aes(ymin="low", ymax="high"), width=0.02 * span)
+        + geom_point(size=3)
+        + geom_text(
+            labels,
+            aes("memory_MB", y, label="label"),
+            color="#334155",
+            size=7,
+            ha="left",
+            nudge_x=0.02 * span,
+            inherit_aes=False,
+        )  # fmt: skip
+        + scale_x_log10(expand=(0.1, 0, 0.15, 0))
+        + labs(x="bytes in memory (MB, log scale)", y=ylab, color="method")
+        + theme_bw()
+    )
+    save(plot, data, png, height=4.5)
+
+
+def draw_faithfulness_figures(
+    table: pd.DataFrame,
+    arm_jsons: Sequence[Path | str],
+    arms: Mapping[str, Mapping[str, Any]],
+    out: Mapping[str, Path | str],
+) -> None:
+    """The agreement figures: KL per arm (distribution), KL vs memory, agreement vs memory.
+    ``table`` is quantstudy.faithfulness.summary_table's; ``out`` names the PNGs
+    kl_distribution, kl_vs_memory and agreement_vs_memory."""
+    kl_distribution(arm_jsons, table, list(arms), out["kl_distribution"])
+    se = table["kl_se"].fillna(0) * 1.96
+    kl = table.assign(kl_low=(table["kl_mean"] - se).clip(lower=0), kl_high=table["kl_mean"] + se)
+    _vs_memory(kl, "kl_mean", "kl_low", "kl_high", "mean KL(baseline ‖ arm), nats (± 1.96 SE)",
+               out["kl_vs_memory"], "KL vs memory")  # fmt: skip
+    _vs_memory(table, "top1_agreement", "top1_agreement_ci_low", "top1_agreement_ci_high",
+               "top-1 agreement with the baseline (CI)", out["agreement_vs_memory"],
+               "agreement vs memory")  # fmt: skip

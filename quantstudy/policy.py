@@ -285,6 +285,7 @@ def decision_table(
     rule: str,
     primary: Mapping[str, str] | None = None,
     caveats: Mapping[str, str] | None = None,
+    faithfulness: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[pd.DataFrame, Recommendation]:
     """One row per configured arm: memory, speed, verdict per task, worst loss, recommendation.
 
@@ -293,7 +294,10 @@ def decision_table(
     ones; ``missing`` says why outputs are absent ({arm: reason} for an arm that was not built,
     {(arm, task): reason} for an evaluation that did not run); ``caveats`` what weakens an arm's
     comparison without removing it (see :func:`batch_caveats`). The recommendation
-    is :func:`recommend` under ``rule`` over the non-baseline arms.
+    is :func:`recommend` under ``rule`` over the non-baseline arms. ``faithfulness`` (the
+    study measured agreement with the baseline: {arm: its faithfulness record}) adds the
+    FAITHFULNESS_COLUMNS after the verdicts (NaN for an arm without a record); it informs the
+    reader and does not enter the rule.
     """
     deciding = deciding_rows(comparisons, primary)
     verdicts = task_verdicts(deciding, primary)
@@ -339,7 +343,22 @@ def decision_table(
     recommendation = recommend(decision_rows, rule)
     table = pd.DataFrame(rows, columns=DECISION_COLUMNS + [f"{VERDICT_PREFIX}{t}" for t in tasks])
     table["recommended"] = table["arm"] == recommendation.arm
+    if faithfulness is not None:
+        for column in FAITHFULNESS_COLUMNS:
+            table[column] = [_measured(faithfulness.get(a), column) for a in table["arm"]]
     return table, recommendation
+
+
+FAITHFULNESS_COLUMNS = ["kl_mean", "kl_se", "top1_agreement", "ppl_ratio"]
+"""Decision-table columns of a study that measured agreement with the baseline (issue 17):
+mean KL(baseline ‖ arm) per token with its standard error, top-1 agreement, perplexity ratio."""
+
+
+def _measured(record: Mapping[str, Any] | None, key: str) -> float:
+    """A number of an arm's faithfulness record; NaN for none or a failure record."""
+    if not record or record.get("status") == "failed" or record.get(key) is None:
+        return math.nan
+    return float(record[key])
 
 
 def batch_caveats(eval_jsons: Iterable[Mapping[str, Any]], baseline: str) -> dict[str, str]:

@@ -78,12 +78,23 @@ def decision_display(decision: pd.DataFrame) -> pd.DataFrame:
                     else "missing"
                 ),
                 "decode speed (× baseline)": fmt_ratio(r["speed_vs_baseline"]),
+                **_agreement_cells(r),
                 **{t: r[f"{VERDICT_PREFIX}{t}"] for t in tasks},
                 "worst significant loss": _short_loss(r),
                 "note": note,
             }
         )
     return pd.DataFrame(rows)
+
+
+def _agreement_cells(row: Mapping[str, Any]) -> dict[str, str]:
+    """The decision row's agreement with the baseline (issue 17) in words: mean KL ± its SE and
+    top-1 agreement; nothing when the study did not measure it."""
+    if "kl_mean" not in row:
+        return {}
+    kl, se, agree = row["kl_mean"], row["kl_se"], row["top1_agreement"]
+    text = "–" if _isnan(kl) else f"{kl:.4g}" + ("" if _isnan(se) else f" ± {se:.2g}")
+    return {"KL (nats)": text, "top-1 agreement": "–" if _isnan(agree) else f"{agree:.3f}"}
 
 
 def _isnan(x: Any) -> bool:

@@ -190,6 +190,43 @@ class Benchmark(Spec):
         return settings
 
 
+# --- agreement with the baseline (faithfulness) ------------------------------------------------
+
+
+class Faithfulness(Spec):
+    """Agreement with the baseline on held-out text (quantstudy.faithfulness): KL divergence,
+    top-1 agreement and perplexity ratio per arm, every arm over the same token windows."""
+
+    enabled: bool = False
+    path: str | None = None
+    dataset: str = "wikitext"
+    config_name: str | None = "wikitext-2-raw-v1"
+    split: str = "test"
+    text_field: str = "text"
+    num_tokens: Annotated[int, Field(ge=1)] = 65536
+    context_length: Annotated[int, Field(ge=2)] = 2048
+    stride: Annotated[int, Field(ge=1)] = 1024
+    top_k: Annotated[int, Field(ge=1)] = 1024
+    batch_size: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _windows(self) -> Faithfulness:
+        if self.stride >= self.context_length:
+            raise PydanticCustomError(
+                "stride",
+                "{stride} must be below context_length ({context}): a window scores its last "
+                "`stride` tokens, each predicted from the tokens before it",
+                {"at": ("stride",), "stride": self.stride, "context": self.context_length},
+            )
+        if self.num_tokens < self.stride:
+            raise PydanticCustomError(
+                "num_tokens",
+                "{n} is fewer than one window scores (stride {stride})",
+                {"at": ("num_tokens",), "n": self.num_tokens, "stride": self.stride},
+            )
+        return self
+
+
 # --- the study ---------------------------------------------------------------------------------
 
 
@@ -205,6 +242,7 @@ class Study(Spec):
     evaluation: Evaluation = Evaluation()
     analysis: Analysis = Analysis()
     benchmark: Benchmark = Benchmark()
+    faithfulness: Faithfulness = Faithfulness()
 
     @model_validator(mode="before")
     @classmethod

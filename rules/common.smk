@@ -105,6 +105,8 @@ def get_final_output():
     ]
     if is_benchmarked():
         out.append(f"results/{STUDY}/tables/benchmark.csv")
+    if is_faithfulness_measured():
+        out += get_faithfulness_report_outputs()
     return out
 
 
@@ -170,6 +172,12 @@ def get_hub_datasets():
         calib = calibration_of(arm)
         if calib is not None and calib.path is None:
             out[calibration_dataset_id(calib)] = config["arms"][arm]["calibration"]
+    faith = STUDY_CONFIG.faithfulness
+    if is_faithfulness_measured() and faith.path is None:
+        spec = {
+            k: config["faithfulness"][k] for k in ("dataset", "config_name", "split")
+        }
+        out.setdefault(calibration_dataset_id(faith), spec)
     return out
 
 
@@ -255,4 +263,43 @@ def get_analysis_input(study=STUDY):
         "evals": get_eval_outputs(study),
         "models": get_model_dirs(study),
         "bench": get_bench_outputs(study) if is_benchmarked() else [],
+        "faithfulness": get_faithfulness_outputs(study),
     }
+
+
+# --- agreement with the baseline (rules/faithfulness.smk) -----------------------------------
+def is_faithfulness_measured():
+    return STUDY_CONFIG.faithfulness.enabled
+
+
+FAITHFULNESS_REFERENCE = "results/{study}/faithfulness/reference/reference"
+
+
+def get_faithfulness_text_input(wildcards):
+    """The held-out text: a local file, or the pre-fetched hub dataset split."""
+    faith = STUDY_CONFIG.faithfulness
+    if faith.path is not None:
+        return [resolve(faith.path)]
+    return [f"results/{wildcards.study}/datasets/{calibration_dataset_id(faith)}.json"]
+
+
+def get_faithfulness_outputs(study=STUDY):
+    """Every arm's agreement record (or failure record); none when the study measures none."""
+    if not is_faithfulness_measured():
+        return []
+    return expand("results/{study}/faithfulness/arms/{arm}.json", study=study, arm=ARMS)
+
+
+def get_faithfulness_report_outputs(study=STUDY):
+    """The outputs of faithfulness_report: the table, its page and the three figures."""
+    figures = ("kl_distribution", "kl_vs_memory", "agreement_vs_memory")
+    return [
+        f"results/{study}/tables/faithfulness.csv",
+        f"results/{study}/report/faithfulness.html",
+        *(f"results/{study}/figures/{name}.png" for name in figures),
+    ]
+
+
+def get_faithfulness_gpu_mem_mb(wildcards, input):
+    """The model, plus one batch of full-vocabulary log-probabilities: about evaluate's."""
+    return _mb(_memory_bytes(input.model), 1.5, 8000, 24000)

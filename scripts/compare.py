@@ -21,4 +21,5 @@ with logged(snakemake.log[0]):  # noqa: F821
         analysis=Analysis.parse(snakemake.params.analysis, ("analysis",)),  # noqa: F821
         study=snakemake.wildcards.study,  # noqa: F821
         out=dict(snakemake.output.items()),  # noqa: F821
+        faithfulness_files=list(snakemake.input.faithfulness) or None,  # noqa: F821
     )

@@ -21,10 +21,10 @@ MODULES = [
 ]  # fmt: skip
 
 
-def paragraphs(min_chars: int = 200) -> list[str]:
+def paragraphs(min_chars: int = 200, modules: list[str] = MODULES) -> list[str]:
     """Docstring paragraphs of the modules and their public members, whitespace collapsed."""
     out, seen = [], set()
-    for name in MODULES:
+    for name in modules:
         mod = importlib.import_module(name)
         objs = [mod] + [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]
         for obj in objs:
