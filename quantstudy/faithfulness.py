@@ -148,12 +148,15 @@ class LogprobBackend:
 
 
 def _hf_backend(arm_dir: Path, device: str | None) -> LogprobBackend:
-    """A saved Hugging Face arm (baseline, bitsandbytes, compressed-tensors), loaded as every
-    stage loads it (weights checked against quantize.json)."""
+    """A saved arm loaded as every stage loads it (weights checked against quantize.json):
+    transformers for the baseline, bitsandbytes and compressed-tensors; llama.cpp for a GGUF
+    arm (`loading.load_arm` returns its LlamaCppModel, on the CPU, whose forward takes the
+    same arguments)."""
     from .device import device_record, resolve_device
-    from .loading import bnb_cpu_record, load_arm
+    from .loading import bnb_cpu_record, is_gguf_arm, load_arm
 
-    dev = resolve_device(device)
+    gguf = is_gguf_arm(arm_dir)
+    dev = resolve_device("cpu" if gguf else device)
     model = load_arm(arm_dir, dev)
 
     def logprobs(windows: torch.Tensor, stride: int) -> torch.Tensor:
@@ -165,24 +168,15 @@ def _hf_backend(arm_dir: Path, device: str | None) -> LogprobBackend:
                 logits = model(input_ids=ids, use_cache=False).logits[:, -stride - 1 :]
         return torch.log_softmax(logits[:, :-1].float(), dim=-1)
 
-    record = {"backend": "transformers", "device": device_record(dev) | {"used": str(dev)}}
+    record = {"backend": "llama.cpp" if gguf else "transformers",
+              "device": device_record(dev) | {"used": str(dev)}}  # fmt: skip
     record["device"] |= bnb_cpu_record(model)
     return LogprobBackend(logprobs, record)
 
 
-BACKENDS: list[tuple[Callable[[Path], bool], Callable[[Path, str | None], LogprobBackend]]] = []
-"""(applies to this arm directory?, backend) pairs tried in order before transformers: a GGUF
-(llama.cpp) backend registers here."""
-
-
 def open_backend(arm_dir: Path | str, device: str | None = None) -> LogprobBackend:
-    """The backend that computes an arm's log-probabilities: the first of BACKENDS that applies
-    to its directory, else transformers."""
-    arm_dir = Path(arm_dir)
-    for applies, backend in BACKENDS:
-        if applies(arm_dir):
-            return backend(arm_dir, device)
-    return _hf_backend(arm_dir, device)
+    """The backend that computes an arm's log-probabilities (the loader picks the runtime)."""
+    return _hf_backend(Path(arm_dir), device)
 
 
 def window_logprobs(

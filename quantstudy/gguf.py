@@ -80,6 +80,17 @@ def missing_runtime() -> str | None:
     return None
 
 
+def threads() -> int:
+    """Threads llama.cpp runs with: the job's allotment (Snakemake sets OMP_NUM_THREADS to a
+    job's threads; torch reads it too), else the CPUs this process may use. More threads than
+    the job was given stall: llama.cpp's OpenMP threads spin at every barrier, and beside
+    another job on the same cores a 32-token prompt took seconds instead of milliseconds."""
+    allotted = os.environ.get("OMP_NUM_THREADS", "")
+    return (
+        int(allotted) if allotted.isdigit() and int(allotted) > 0 else len(os.sched_getaffinity(0))
+    )
+
+
 def llama_cpp_build() -> dict[str, str]:
     """The CPU features the installed llama.cpp was built with and uses here."""
     import llama_cpp
@@ -361,11 +372,11 @@ def build_gguf_arm(
     source: Path,
     out_dir: Path,
     texts: list[str] | None = None,
-    threads: int | None = None,
+    n_threads: int | None = None,
 ):
     """Convert, quantize (with an importance matrix from `texts`, the arm's calibration text,
     when given) and verify: returns (facts, seconds of converting, the matrix and quantizing)."""
-    threads = threads or os.cpu_count() or 1
+    n_threads = n_threads or threads()
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / MODEL_FILE
     unquantized = out_dir / f"unquantized.{OUTTYPE[arm.dtype]}.gguf.tmp"
@@ -379,7 +390,7 @@ def build_gguf_arm(
             )
             seconds += time.perf_counter() - start
         # an unquantized quant type (F16, BF16, F32) is the converter's output rewritten
-        seconds += quantize_file(unquantized, final, arm.quant_type, threads, imatrix)
+        seconds += quantize_file(unquantized, final, arm.quant_type, n_threads, imatrix)
         facts = verify_gguf(arm, final, unquantized) | {"imatrix": imatrix_facts}
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -254,6 +254,22 @@ def test_an_unquantized_gguf_arm_scores_like_transformers_on_the_same_token_ids(
     assert (q8 - ref).abs().max() > (got - ref).abs().max()  # quantization moves it more
 
 
+def test_faithfulness_reads_a_gguf_arm_through_llama_cpp(arms):
+    """KL(baseline || arm) per token from the log-probabilities the faithfulness jobs compute:
+    about 0 for the unquantized GGUF arm (llama.cpp's float rounding only), larger for Q8_0."""
+    from quantstudy.faithfulness import window_logprobs
+
+    windows = torch.randint(0, 49152, (2, 24), generator=torch.Generator().manual_seed(0))
+    (base,) = window_logprobs(arms["fp32"], windows, 8, device="cpu", batch_size=2)
+    kl = {}
+    for arm in ("f32", "q8"):
+        record: dict = {}
+        (got,) = window_logprobs(arms[arm], windows, 8, device="cpu", batch_size=2, record=record)
+        assert got.shape == base.shape == (2, 8, 49152) and record["backend"] == "llama.cpp"
+        kl[arm] = float((base.exp() * (base - got)).sum(-1).mean())
+    assert kl["f32"] < 1e-6 < kl["q8"], kl
+
+
 @pytest.fixture(scope="module")
 def evaluated(arms, tmp_path_factory):
     """Both task kinds, a few items, on the baseline and the GGUF arms (same batch size)."""
@@ -313,7 +329,7 @@ def test_gguf_samples_pair_with_the_baseline_in_the_comparison(evaluated, tmp_pa
     assert list(frame["doc_id"]) == sorted(base) and list(frame["arm"]) == [
         q8[d] for d in sorted(q8)
     ]
-    rows, _ = stats.compare(df, "fp32", n_boot=200, n_perm=200)
+    _, rows = stats.compare(df, "fp32", n_boot=200, n_perm=200)
     row = rows[
         (rows["arm"] == "q8") & (rows["task"] == "demo_capitals") & (rows["metric"] == "acc")
     ]

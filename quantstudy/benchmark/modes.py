@@ -284,7 +284,7 @@ class LlamaCppRunner:
         row = self._rows(ids)
 
         def run():
-            if len(self.model.greedy(row, new_tokens)) != new_tokens:
+            if len(self.model.greedy(row, new_tokens, reuse=False)) != new_tokens:
                 raise RuntimeError(f"llama.cpp made fewer than {new_tokens} tokens")
 
         return run
