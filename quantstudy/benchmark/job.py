@@ -21,7 +21,7 @@ from .modes import mode_spec
 from .record import SCHEMA_ID
 from .scenarios import merge_raw, prompt_ids, run_modes
 from .search import largest_batch_for
-from .settings import resolve_settings, settings_at_batch
+from .settings import int4_kernel, resolve_settings, settings_at_batch
 from .timing import Timer, TimerFn, free_memory, measure_bandwidth
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ def run_benchmark(
     if not is_baseline and settings["interleave"] is False:
         strategy, strategy_reason = "sequential", "settings.interleave is false"
 
+    kernel = int4_kernel(settings, device.type)
+
     def load(name: str, directory: Path) -> None:
-        model, seconds, allocated = load_model(directory, device)
+        model, seconds, allocated = load_model(directory, device, kernel)
         vocab = vocab_size(model)
         warm = prompt_ids(vocab, 1, settings["decode"]["prompt_length"], settings["seed"]).to(
             device

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 MODES = ("eager", "static")
+# Values of settings.int4_kernel: quantstudy.int4's kernels, dense (no conversion), or auto.
+INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite")
 # Letters of the `order` strings: which model each timed call measured.
 LETTERS = {"arm": "A", "baseline": "B"}
 
@@ -17,6 +19,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "repeats": 5,  # timed calls per model and scenario, interleaved A B A B …
     "interleave": "auto",  # true: both models resident; false: one after the other; auto: true unless it does not fit
     "remove_noop_wrappers": True,  # compressed-tensors wrappers that change nothing (remove_noop_wrappers)
+    # GPTQ/AWQ (compressed-tensors packed int4) arms: the int4 kernel they run (quantstudy.int4):
+    # tinygemm, gemlite, or dense (transformers decompresses to bf16); auto: tinygemm on CUDA,
+    # dense on the CPU
+    "int4_kernel": "auto",
     "prefill": {
         "modes": ["eager", "static"],
         "batch_size": 1,
@@ -91,6 +97,8 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
             raise ValueError(f"settings.{section}.new_tokens must be >= 2 (decode needs a step)")
     if out["interleave"] not in ("auto", True, False):
         raise ValueError("settings.interleave: one of 'auto', true, false")
+    if out["int4_kernel"] not in INT4_KERNELS:
+        raise ValueError(f"settings.int4_kernel: one of {', '.join(INT4_KERNELS)}")
     if out["static"]["compile"] not in ("auto", True, False):
         raise ValueError("settings.static.compile: one of 'auto', true, false")
     return out
@@ -106,6 +114,15 @@ def _overlay(base: dict, new: Mapping[str, Any], path: str) -> None:
             _overlay(base[key], value, f"{path}.{key}")
         else:
             base[key] = copy.deepcopy(value)
+
+
+def int4_kernel(settings: Mapping[str, Any], device_type: str) -> str:
+    """The int4 kernel packed int4 arms run under the settings on a device type (`auto`:
+    tinygemm on CUDA, dense elsewhere, so CPU runs keep transformers' dense path)."""
+    kernel = settings["int4_kernel"]
+    if kernel == "auto":
+        return "tinygemm" if device_type == "cuda" else "dense"
+    return kernel
 
 
 def scenario_counts(settings: Mapping[str, Any], section: str) -> tuple[int, int]:
