@@ -197,7 +197,17 @@ def run_arm(arm: str, bw: float) -> dict:
         t = time.time()
         rec["int4"] = int4.convert_model(model, base)
         rec["convert_s"] = round(time.time() - t, 1)
-    else:  # compressed-tensors as transformers runs it
+    elif base == "fp8_dynamic_kernel":  # transformers' opt-in FP8 path (CompressedTensorsFP8Linear)
+        from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+        model = AutoModelForCausalLM.from_pretrained(
+            quantized_dir("FP8_DYNAMIC"),
+            device_map="cuda",
+            dtype="auto",
+            quantization_config=CompressedTensorsConfig(use_optimized_inference=True),
+        ).eval()
+        rec["scheme"] = "FP8_DYNAMIC, use_optimized_inference=True"
+    else:  # compressed-tensors as transformers runs it by default
         scheme = {"fp8_dynamic": "FP8_DYNAMIC", "fp8_weight": "FP8_WEIGHT", "w8a8": "W8A8"}[base]
         model = load_arm(quantized_dir(scheme), DEV, check=False)
         rec["scheme"] = scheme

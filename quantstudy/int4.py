@@ -317,6 +317,7 @@ def convert_model(
             raise ValueError(f"{name}: {kernel} layer is {error:.3g} off the dense one")
         errors[name] = error
         _set_module(model, name, new)
+        _release(module)
     if device is not None and device.type == "cuda":
         torch.cuda.empty_cache()
     worst = max(errors.values()) if errors else None
@@ -337,6 +338,14 @@ def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
     takes it, bf16 otherwise (tinygemm on CUDA takes bf16 only)."""
     dtype = getattr(model, "dtype", torch.bfloat16)
     return dtype if dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
+
+
+def _release(module: torch.nn.Module) -> None:
+    """Drop a replaced layer's packed tensors: compressed-tensors' loading hooks keep references
+    to the modules they wrapped (measured on the H200 before this: 3.6 GB of packed int4 weights
+    of an 8B model stayed allocated beside the converted layers)."""
+    for name in [n for n, _ in module.named_parameters(recurse=False)]:
+        delattr(module, name)
 
 
 def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:

@@ -123,7 +123,9 @@ def test_check_layer_catches_a_wrong_zero_point():
 
 def test_convert_model_replaces_every_packed_layer_and_refuses_a_bad_one(monkeypatch):
     model = torch.nn.Sequential(packed_layer(seed=1), torch.nn.ReLU(), packed_layer(96, 96, seed=2))
+    old = model[0]
     record = int4.convert_model(model, "tinygemm")
+    assert not list(old.parameters())  # a reference kept elsewhere holds no packed weights
     assert record["layers"] == 2 and record["op"] == "aten._weight_int4pack_mm_for_cpu"
     assert record["max_rel_error"] < 1e-2
     assert not int4.has_packed_int4(model)
