@@ -308,11 +308,10 @@ def check(study: Study, root: Path | str = ".") -> None:
         if not tpath.exists():
             raise ConfigError(f"model.tokenizer.path: {str(tpath)!r} does not exist")
         check_tokenizer("model.tokenizer.path", tpath)
-    from .arms import LlmCompressorArm
-
     for name, arm in study.arms.items():
-        if isinstance(arm, LlmCompressorArm) and arm.calibration.path is not None:
-            check_calibration(name, arm.calibration, root)
+        calibration = getattr(arm, "calibration", None)  # GPTQ, AWQ, W8A8
+        if calibration is not None and calibration.path is not None:
+            check_calibration(name, calibration, root)
     include = resolve_path(study.evaluation.include_path, None, root)
     if not include.is_dir():
         raise ConfigError(f"evaluation.include_path: {str(include)!r} is not a directory")

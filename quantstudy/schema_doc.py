@@ -84,6 +84,8 @@ def reference_markdown(schema: dict[str, Any]) -> str:
         ("bnb-int8", "arm_bnb_int8"),
         ("bnb-4bit", "arm_bnb_4bit"),
         ("gptq / awq", "arm_llmcompressor"),
+        ("fp8-dynamic / fp8-weight", "arm_fp8"),
+        ("w8a8", "arm_w8a8"),
     ]
     arm_desc = " ".join(schema["properties"]["arms"]["description"].split())
     out += ["", "### `arms.<name>`", "", arm_desc]

@@ -12,7 +12,6 @@ sys.path.insert(0, workflow.basedir)
 from quantstudy import config as qconfig  # noqa: E402
 from quantstudy import preflight  # noqa: E402
 from quantstudy import records as qrecords  # noqa: E402
-from quantstudy.arms import LlmCompressorArm  # noqa: E402
 
 # --- config: schema (with defaults), the typed model, then the checks neither can make -------
 # All of it runs while the workflow is parsed, so a bad config stops before any job starts (and
@@ -145,7 +144,7 @@ def get_prepare_input(wildcards):
 def calibration_of(arm):
     """The arm's typed calibration spec; None for arms that take no calibration."""
     spec = STUDY_CONFIG.arms[arm]
-    return spec.calibration if isinstance(spec, LlmCompressorArm) else None
+    return getattr(spec, "calibration", None)
 
 
 def get_calibration_input(wildcards):
