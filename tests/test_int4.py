@@ -206,3 +206,40 @@ def test_benchmark_loads_a_gptq_arm_onto_the_int4_kernel(gptq_arm):
     with torch.no_grad():
         want, got = dense(input_ids=ids).logits.float(), model(input_ids=ids).logits.float()
     assert float((got - want).norm() / want.norm()) < 2e-2
+
+
+def test_benchmark_measures_the_int4_kernel_and_the_dense_path(gptq_arm, tiny_source):
+    """One job: static mode on tinygemm, dense mode on the same arm as transformers runs it."""
+    from quantstudy.benchmark import record as bench_record
+    from quantstudy.benchmark.job import run_benchmark
+
+    settings = {
+        "int4_kernel": "tinygemm",
+        "warmup": 1,
+        "repeats": 2,
+        "prefill": {"modes": []},
+        "decode": {"modes": ["static", "dense"], "prompt_length": 8, "new_tokens": 3},
+        "throughput": {"modes": []},
+        "largest_batch": {"modes": []},
+        "bandwidth": {"bytes": 1 << 20, "warmup": 1, "repeats": 2},
+    }
+    rec = run_benchmark(gptq_arm, tiny_source, settings, "cpu")
+    bench_record.validate(rec)
+    assert rec["schema"] == "quant-study/bench/2"
+    models = rec["models"]
+    assert models["arm"]["int4"]["kernel"] == "tinygemm" and models["arm"]["int4"]["layers"] == 14
+    assert models["arm_dense"]["int4"]["kernel"] == "dense"
+    assert models["arm_dense"]["layers"] == {"Linear:weight:bfloat16": 15}  # 14 + lm_head
+    # the int4 arm holds packed weights, the dense one decompressed bf16: about 4x the bytes
+    packed = models["arm"]["footprint"]["buffers_bytes"]
+    assert (
+        models["arm_dense"]["footprint"]["total_bytes"] > models["arm"]["footprint"]["total_bytes"]
+    )
+    assert packed > 0
+    assert set(rec["modes"]) == {"static", "dense"}
+    dense = rec["modes"]["dense"]
+    assert dense["supported"] and dense["description"].startswith("int4 layers decompressed")
+    assert dense["decode"]["order"] == "ABAB"  # interleaved with the baseline, as static is
+    assert dense["decode"]["arm"]["ms_per_token"]["median"] > 0
+    with pytest.raises(ValueError, match="largest_batch.modes"):
+        run_benchmark(gptq_arm, tiny_source, {**settings, "largest_batch": {"modes": ["dense"]}})

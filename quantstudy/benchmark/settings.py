@@ -7,7 +7,11 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-MODES = ("eager", "static")
+MODES = ("eager", "static", "dense")
+# "dense": the static mode on a GPTQ/AWQ arm as transformers runs it (int4 layers decompressed to
+# bf16), beside the int4 kernel's static mode, so the cost of decompressing stays visible; it
+# runs only where the arm's int4 layers went to an int4 kernel, and has no largest-batch search.
+LARGEST_BATCH_MODES = ("eager", "static")
 # Values of settings.int4_kernel: quantstudy.int4's kernels, dense (no conversion), or auto.
 INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite")
 # Letters of the `order` strings: which model each timed call measured.
@@ -92,6 +96,11 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
         bad = set(out[section]["modes"]) - set(MODES)
         if bad:
             raise ValueError(f"settings.{section}.modes: {sorted(bad)} not among {list(MODES)}")
+    bad = set(out["largest_batch"]["modes"]) - set(LARGEST_BATCH_MODES)
+    if bad:
+        raise ValueError(
+            f"settings.largest_batch.modes: {sorted(bad)} not among {list(LARGEST_BATCH_MODES)}"
+        )
     for section in ("decode", "throughput", "largest_batch"):
         if out[section]["new_tokens"] < 2:
             raise ValueError(f"settings.{section}.new_tokens must be >= 2 (decode needs a step)")
