@@ -108,6 +108,48 @@ def quantized_dir(scheme: str) -> str:
     return out
 
 
+def fp8_optimized(directory):
+    """An FP8_DYNAMIC arm as transformers' opt-in FP8 path loads it (CompressedTensorsFP8Linear)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    return AutoModelForCausalLM.from_pretrained(
+        directory,
+        device_map="cuda",
+        dtype="auto",
+        quantization_config=CompressedTensorsConfig(use_optimized_inference=True),
+    ).eval()
+
+
+def _scaled_mm_forward(self, x):
+    """Dynamic per-token FP8 activations, row-wise scaled FP8 matmul via torch._scaled_mm (an aten
+    op Dynamo traces, unlike torch.nn.functional.scaled_mm's _scaled_mm_v2 in torch 2.11)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    scale = x2.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / 448.0
+    xq = (x2.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    y = torch._scaled_mm(
+        xq,
+        self.weight.t(),
+        scale_a=scale,
+        scale_b=self.weight_scale.float().reshape(1, -1),
+        out_dtype=x.dtype,
+        bias=self.bias,
+    )
+    return y.reshape(*shape[:-1], -1)
+
+
+def use_scaled_mm(model) -> int:
+    """Point every CompressedTensorsFP8Linear at `_scaled_mm_forward`; how many."""
+    import types
+
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ == "CompressedTensorsFP8Linear":
+            module.forward = types.MethodType(_scaled_mm_forward, module)
+            n += 1
+    return n
+
+
 def kernel_profile(runner, ids, steps=8):
     """CUDA kernels of `steps` decode steps (the timed runner's own cache and compiled graph,
     after two untimed steps): name, calls and total µs per step, largest first."""
@@ -197,15 +239,12 @@ def run_arm(arm: str, bw: float) -> dict:
         t = time.time()
         rec["int4"] = int4.convert_model(model, base)
         rec["convert_s"] = round(time.time() - t, 1)
+    elif base == "fp8_scaled_mm":  # the opt-in FP8 layers, their matmul on torch._scaled_mm
+        model = fp8_optimized(quantized_dir("FP8_DYNAMIC"))
+        rec["fp8_layers"] = use_scaled_mm(model)
+        rec["scheme"] = "FP8_DYNAMIC, CompressedTensorsFP8Linear on torch._scaled_mm (row-wise)"
     elif base == "fp8_dynamic_kernel":  # transformers' opt-in FP8 path (CompressedTensorsFP8Linear)
-        from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-
-        model = AutoModelForCausalLM.from_pretrained(
-            quantized_dir("FP8_DYNAMIC"),
-            device_map="cuda",
-            dtype="auto",
-            quantization_config=CompressedTensorsConfig(use_optimized_inference=True),
-        ).eval()
+        model = fp8_optimized(quantized_dir("FP8_DYNAMIC"))
         rec["scheme"] = "FP8_DYNAMIC, use_optimized_inference=True"
     else:  # compressed-tensors as transformers runs it by default
         scheme = {"fp8_dynamic": "FP8_DYNAMIC", "fp8_weight": "FP8_WEIGHT", "w8a8": "W8A8"}[base]
