@@ -11,6 +11,7 @@
 #   SERIAL    1: GPU jobs one at a time (each quantize and evaluate job asks for the whole card),
 #             otherwise packed by their gpu_mem_mb estimates; the same jobs and threads either way
 #   ARMS      arms for TARGETS=bench (default: every arm of the study)
+#   STUDY     the study file config/$STUDY.yaml (default llama-3.2-1b-shapes; llama-3.1-8b-shapes)
 #   WORKDIR   where results/, logs/ and .snakemake/ go (default: the repository); a folder outside
 #             the carried working tree survives between device calls while the machine is warm
 #   BUDGET_S  wall-clock limit for everything after the install (default 480 s), so that a
@@ -31,7 +32,7 @@ WORKDIR=${WORKDIR:-$REPO}
     --target /tmp/site "${WHEELS:-.whl}"/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 export PATH=/tmp/site/bin:$PATH
-STUDY=llama-3.2-1b-shapes
+STUDY=${STUDY:-llama-3.2-1b-shapes}
 TARGETS=${TARGETS:-bench}
 CONFIG=$REPO/config/$STUDY.yaml
 STUDY_ARMS=$(python3 -c "import yaml;print(' '.join(yaml.safe_load(open('$CONFIG'))['arms']))")
@@ -102,10 +103,10 @@ if [ "$TARGETS" = all ] && [ "$status" = 0 ]; then
     python3 -m snakemake -s "$REPO/Snakefile" --configfile "$CONFIG" --report "$OUTDIR/report.html" \
         >"$OUTDIR/report.log" 2>&1 && echo "report written" || tail -5 "$OUTDIR/report.log"
 fi
-python3 - "$OUTDIR" <<'PY'
+python3 - "$OUTDIR" "$STUDY" <<'PY'
 import glob, json, sys
 from quantstudy.aggregate import collect_benchmarks
-files = sorted(glob.glob("results/llama-3.2-1b-shapes/bench/*.json"))
+files = sorted(glob.glob(f"results/{sys.argv[2]}/bench/*.json"))
 if files:
     table = collect_benchmarks(files)
     table.to_csv(f"{sys.argv[1]}/benchmark.csv", index=False)

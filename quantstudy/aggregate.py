@@ -136,6 +136,7 @@ BENCH_COLUMNS = [
     "batch_size", "prompt_length", "new_tokens", "median", "min", "max", "unit",
     "baseline_median", "ratio_to_baseline", "ratio_kind", "roofline_ms", "roofline_fraction",
     "peak_allocated_bytes", "peak_reserved_bytes", "peak_allocated_own_bytes", "oom",
+    "int4_kernel",
 ]  # fmt: skip
 
 _SCENARIO_VALUE = {"prefill": ("ms", "ms"), "decode": ("ms_per_token", "ms/token"),
@@ -154,6 +155,8 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
         "method": (bench["models"]["arm"] or {}).get("method"),
         "device_kind": bench["device_kind"],
         "device_name": bench["device"].get("name"),
+        # the op that ran a GPTQ/AWQ arm's int4 layers (None: no packed int4 layers)
+        "int4_kernel": (((bench["models"]["arm"] or {}).get("int4")) or {}).get("op"),
     }
     # Interleaved jobs keep the baseline resident beside the arm: the peak the arm itself needs is
     # the measured peak less what the other model holds.

@@ -186,15 +186,58 @@ class GgufArm(Arm):
         return self.quant_type not in UNQUANTIZED_GGUF
 
 
+class Fp8Arm(Arm):
+    """FP8 (E4M3) weights, one scale per output channel, by llm-compressor without calibration
+    data: `fp8-dynamic` also quantizes the activations per token at run time (llm-compressor's
+    FP8_DYNAMIC scheme), `fp8-weight` leaves them in `dtype`. Saved as compressed-tensors."""
+
+    method: Literal["fp8-dynamic", "fp8-weight"]
+    ignore: Modules = ("lm_head",)
+    methods: ClassVar[tuple[str, ...]] = ("fp8-dynamic", "fp8-weight")
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    @property
+    def scheme_name(self) -> str:
+        """llm-compressor's preset for the scheme (FP8 weight-only has none: per-channel FP8)."""
+        return "FP8_DYNAMIC" if self.method == "fp8-dynamic" else "FP8 weight-only (channel)"
+
+
+class W8A8Arm(Arm):
+    """INT8 weights and INT8 activations (dynamic, per token), by llm-compressor: SmoothQuant
+    moves activation outliers into the weights, then GPTQ quantizes them per output channel
+    (llm-compressor's W8A8 scheme). Saved as compressed-tensors."""
+
+    method: Literal["w8a8"]
+    smoothing_strength: Annotated[Number, Field(gt=0, le=1)] = 0.8
+    ignore: Modules = ("lm_head",)
+    dampening_frac: Annotated[Number, Field(gt=0)] = 0.01
+    calibration: Calibration = Calibration()
+    methods: ClassVar[tuple[str, ...]] = ("w8a8",)
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    @property
+    def scheme_name(self) -> str:
+        return "W8A8"
+
+
 ARM_TYPES: dict[str, type[Arm]] = {
     m: cls
-    for cls in (BaselineArm, BnbInt8Arm, Bnb4bitArm, LlmCompressorArm, GgufArm)
+    for cls in (BaselineArm, BnbInt8Arm, Bnb4bitArm, LlmCompressorArm, Fp8Arm, W8A8Arm, GgufArm)
     for m in cls.methods
 }
+# Arms llm-compressor builds and saves as compressed-tensors.
+COMPRESSED_TENSORS_ARMS = (LlmCompressorArm, Fp8Arm, W8A8Arm)
 
 # Any arm: the model its `method` names.
 AnyArm = Annotated[
-    BaselineArm | BnbInt8Arm | Bnb4bitArm | LlmCompressorArm | GgufArm, Discriminator("method")
+    BaselineArm | BnbInt8Arm | Bnb4bitArm | LlmCompressorArm | Fp8Arm | W8A8Arm | GgufArm,
+    Discriminator("method"),
 ]
 _ANY_ARM: TypeAdapter[Arm] = TypeAdapter(AnyArm)
 

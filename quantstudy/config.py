@@ -336,9 +336,9 @@ def check(study: Study, root: Path | str = ".") -> None:
         check_tokenizer("model.tokenizer.path", tpath)
 
     for name, arm in study.arms.items():
-        calib = getattr(arm, "calibration", None)  # GPTQ, AWQ; GGUF's importance matrix
-        if calib is not None and calib.path is not None:
-            check_calibration(name, arm.calibration, root)
+        calibration = getattr(arm, "calibration", None)  # GPTQ, AWQ, W8A8; GGUF's imatrix
+        if calibration is not None and calibration.path is not None:
+            check_calibration(name, calibration, root)
     check_faithfulness(study, root)
     include = resolve_path(study.evaluation.include_path, None, root)
     if not include.is_dir():

@@ -17,12 +17,15 @@ from typing import Any
 import torch
 
 from .arms import (
+    COMPRESSED_TENSORS_ARMS,
     Arm,
     BaselineArm,
     Bnb4bitArm,
     BnbInt8Arm,
+    Fp8Arm,
     GgufArm,
     LlmCompressorArm,
+    W8A8Arm,
     torch_dtype,
 )
 from .calibration import read_calibration_file, usable_texts
@@ -107,7 +110,9 @@ def quantize_bnb(arm: BnbInt8Arm | Bnb4bitArm, source: Path, device: str):
     )
 
 
-def calibration_texts(arm: LlmCompressorArm | GgufArm, root: Path | str = ".") -> list[str]:
+def calibration_texts(
+    arm: LlmCompressorArm | W8A8Arm | GgufArm, root: Path | str = "."
+) -> list[str]:
     """The calibration samples: `num_samples` non-empty texts chosen with the arm's seed."""
     calib = arm.calibration
     if calib.path:
@@ -143,8 +148,33 @@ def _no_pinning_without_accelerator():
     )
 
 
-def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[str]) -> None:
-    """The one place that calls llm-compressor: GPTQ or AWQ (+ round-to-group) in place."""
+def _llmcompressor_recipe(arm: Fp8Arm | W8A8Arm) -> list:
+    """llm-compressor's modifiers for the FP8 and INT8 W8A8 arms."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+    ignore = list(arm.ignore)
+    if isinstance(arm, W8A8Arm):
+        return [
+            SmoothQuantModifier(smoothing_strength=arm.smoothing_strength),
+            GPTQModifier(
+                targets="Linear", scheme="W8A8", ignore=ignore, dampening_frac=arm.dampening_frac
+            ),
+        ]
+    if arm.method == "fp8-dynamic":
+        return [QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=ignore)]
+    fp8 = QuantizationArgs(num_bits=8, type="float", strategy="channel", symmetric=True)
+    scheme = QuantizationScheme(targets=["Linear"], weights=fp8)
+    return [QuantizationModifier(config_groups={"group_0": scheme}, ignore=ignore)]
+
+
+def _llmcompressor_oneshot(
+    model, tokenizer, arm: LlmCompressorArm | Fp8Arm | W8A8Arm, texts: list[str]
+) -> None:
+    """The one place that calls llm-compressor, in place: GPTQ or AWQ (+ round-to-group), FP8
+    (data-free: no texts) or SmoothQuant + GPTQ for W8A8."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -152,6 +182,28 @@ def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
+    if isinstance(arm, Fp8Arm):
+        with _no_pinning_without_accelerator():
+            oneshot(model=model, recipe=_llmcompressor_recipe(arm))
+        return
+    if isinstance(arm, W8A8Arm):
+        recipe = _llmcompressor_recipe(arm)
+        seq_len = arm.calibration.seq_len
+        encoded = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=False)
+        dataset = Dataset.from_dict(
+            {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        )
+        with _no_pinning_without_accelerator():
+            oneshot(
+                model=model,
+                tokenizer=tokenizer,
+                dataset=dataset,
+                recipe=recipe,
+                max_seq_length=seq_len,
+                num_calibration_samples=len(texts),
+                shuffle_calibration_samples=False,
+            )
+        return
     scheme = QuantizationScheme(
         targets=["Linear"],
         weights=QuantizationArgs(
@@ -192,15 +244,16 @@ def _llmcompressor_oneshot(model, tokenizer, arm: LlmCompressorArm, texts: list[
 
 
 def quantize_llmcompressor(
-    arm: LlmCompressorArm, source: Path, device: str, root: Path | str = "."
+    arm: LlmCompressorArm | Fp8Arm | W8A8Arm, source: Path, device: str, root: Path | str = "."
 ):
-    """GPTQ or AWQ with calibration data, by llm-compressor."""
+    """GPTQ, AWQ or W8A8 with calibration data, or FP8 without, by llm-compressor."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(arm.calibration.seed)
+    calibration = getattr(arm, "calibration", None)
+    torch.manual_seed(calibration.seed if calibration is not None else 0)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=arm.torch_dtype, device_map=device)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    texts = calibration_texts(arm, root)
+    texts = calibration_texts(arm, root) if calibration is not None else []
     _llmcompressor_oneshot(model, tokenizer, arm, texts)
     return model
 
@@ -365,6 +418,27 @@ def verify_arm(arm: Arm, model, directory: Path, source_linears: list[str]) -> d
             )
         facts["quantized_modules"] = len(found)
         facts["weight_dtypes"] = sorted(weights)
+    elif isinstance(arm, (Fp8Arm, W8A8Arm)):
+        assert qconf and qconf.get("quant_method") == "compressed-tensors", (
+            "config.json has no compressed-tensors quantization_config"
+        )
+        expected = [n for n in source_linears if not _skipped(n, arm.ignore)]
+        want = "F8_E4M3" if isinstance(arm, Fp8Arm) else "I8"
+        found = sorted(n[: -len(".weight_scale")] for n in stored if n.endswith(".weight_scale"))
+        assert found == sorted(expected), f"{len(found)} quantized layers, expected {len(expected)}"
+        weights = {stored[f"{n}.weight"][0] for n in found}
+        assert weights == {want}, f"weights stored as {weights}, not {want}"
+        groups = qconf.get("config_groups", {})
+        activations = [g.get("input_activations") for g in groups.values()]
+        if arm.method == "fp8-weight":
+            assert activations == [None], f"fp8-weight quantizes activations: {activations}"
+        else:
+            kind = "float" if isinstance(arm, Fp8Arm) else "int"
+            assert all(a and a["dynamic"] and a["type"] == kind for a in activations), (
+                f"activations are not dynamic {kind}8: {activations}"
+            )
+        facts["quantized_modules"] = len(found)
+        facts["weight_dtypes"] = sorted(weights)
     else:
         assert qconf and qconf.get("quant_method") == "compressed-tensors", (
             "config.json has no compressed-tensors quantization_config"
@@ -438,7 +512,7 @@ def quantize_arm(
     device = device or default_device()
     tokenizer = AutoTokenizer.from_pretrained(source)
     start = time.perf_counter()
-    if isinstance(arm, LlmCompressorArm):
+    if isinstance(arm, COMPRESSED_TENSORS_ARMS):
         model = quantize_llmcompressor(arm, source, device, root)
     else:
         model = QUANTIZERS[arm.method](arm, source, device)
@@ -447,12 +521,14 @@ def quantize_arm(
     set_bnb_cpu_path(model, bnb_cpu_packed)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_check = None
-    if isinstance(arm, LlmCompressorArm):
+    if isinstance(arm, COMPRESSED_TENSORS_ARMS):
         # save_pretrained packs compressed-tensors weights in place: probe and check before it
         before = probe_logits(model, tokenizer)
-        saved_check, digests = compression_check(model)
+        if isinstance(arm, LlmCompressorArm):  # packed int4/int8; FP8 and W8A8 are not packed
+            saved_check, digests = compression_check(model)
         model.save_pretrained(out_dir, save_compressed=True)
-        check_saved(model, out_dir, saved_check, digests)
+        if saved_check is not None:
+            check_saved(model, out_dir, saved_check, digests)
     else:
         # a forward may repack 4-bit weights, and saving after it would re-quantize their
         # absmax: save what was quantized first, then probe

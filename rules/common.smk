@@ -144,8 +144,8 @@ def get_prepare_input(wildcards):
 
 
 def calibration_of(arm):
-    """The arm's typed calibration spec (GPTQ, AWQ; a GGUF arm's importance matrix); None for
-    arms that take none."""
+    """The arm's typed calibration spec (GPTQ, AWQ, W8A8; a GGUF arm's importance matrix);
+    None for arms that take none."""
     return getattr(STUDY_CONFIG.arms[arm], "calibration", None)
 
 

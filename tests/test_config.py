@@ -356,14 +356,22 @@ def test_schema_and_typed_model_state_the_same_defaults():
     """Every field of schemas/config.schema.yaml is a field of the typed model and the other way
     round, with the same default (or none on both), bounds and choices: the reference generated
     from the schema, and the defaults it fills in, say what the code does."""
-    from quantstudy.arms import BaselineArm, Bnb4bitArm, BnbInt8Arm, LlmCompressorArm
+    from quantstudy.arms import (
+        BaselineArm,
+        Bnb4bitArm,
+        BnbInt8Arm,
+        Fp8Arm,
+        LlmCompressorArm,
+        W8A8Arm,
+    )
     from quantstudy.study import Study
 
     schema = yaml.safe_load(qconfig.SCHEMA.read_text())
     seen = []
     _compare(Study, schema, schema, "", seen)
     for cls, key in [(BaselineArm, "arm_baseline"), (BnbInt8Arm, "arm_bnb_int8"),
-                     (Bnb4bitArm, "arm_bnb_4bit"), (LlmCompressorArm, "arm_llmcompressor")]:  # fmt: skip
+                     (Bnb4bitArm, "arm_bnb_4bit"), (LlmCompressorArm, "arm_llmcompressor"),
+                     (Fp8Arm, "arm_fp8"), (W8A8Arm, "arm_w8a8")]:  # fmt: skip
         _compare(cls, schema["$defs"][key], schema, f"arms.<{key}>.", seen)
     for field in ("analysis.margin", "model.tokenizer.path", "tasks.batch_size",
                   "arms.<arm_llmcompressor>.calibration.seq_len", "benchmark.settings"):  # fmt: skip

@@ -260,3 +260,73 @@ def test_memory_accounting(built, tiny_source):
     rows = sum(fout for _, fout in LAYER_LINEARS.values()) * LAYERS
     assert mem["int8"]["quant_state"] == rows * 4
     assert mem["int8"]["parameters"] == dense + n_linear
+
+
+@pytest.fixture(scope="module")
+def schemes_built(tiny_source, calibration_file, tmp_path_factory):
+    """llm-compressor's FP8 and INT8 W8A8 schemes, built on the CPU (fp32 source)."""
+    calib = {"path": str(calibration_file), "num_samples": 4, "seq_len": 32, "seed": 0}
+    specs = {
+        "fp8_dynamic": {"method": "fp8-dynamic", "dtype": "fp32"},
+        "fp8_weight": {"method": "fp8-weight", "dtype": "fp32"},
+        "w8a8": {"method": "w8a8", "dtype": "fp32", "calibration": calib},
+    }
+    root = tmp_path_factory.mktemp("schemes")
+    for name, spec in specs.items():
+        quantize_arm(parse_arm(name, spec), tiny_source, root / name, device="cpu")
+    return {name: root / name for name in specs}
+
+
+@pytest.mark.parametrize(
+    "arm, dtype, activations",
+    [("fp8_dynamic", "F8_E4M3", "float"), ("fp8_weight", "F8_E4M3", None), ("w8a8", "I8", "int")],
+)
+def test_fp8_and_w8a8_arms_store_their_scheme(schemes_built, tiny_source, arm, dtype, activations):
+    directory = schemes_built[arm]
+    rec = record(directory)
+    assert rec["bits"] == 8 and rec["verified"]["quantized_modules"] == N_QUANTIZED
+    assert rec["verified"]["weight_dtypes"] == [dtype]
+    groups = json.loads((directory / "config.json").read_text())["quantization_config"]
+    (group,) = groups["config_groups"].values()
+    act = group["input_activations"]
+    assert (act and (act["type"], act["dynamic"], act["strategy"])) == (
+        activations and (activations, True, "token")
+    )
+    stored = tensors(directory)
+    name = "model.layers.0.mlp.down_proj"
+    assert (
+        str(stored[f"{name}.weight"].dtype)
+        == {"F8_E4M3": "torch.float8_e4m3fn", "I8": "torch.int8"}[dtype]
+    )
+    if arm != "w8a8":  # SmoothQuant folds scales into the weights: only FP8 keeps the source's
+        weight = stored[f"{name}.weight"].float() * stored[f"{name}.weight_scale"].float()
+        source = source_weight(tiny_source, name)
+        assert float((weight - source).norm() / source.norm()) < 0.05  # E4M3: 3 mantissa bits
+
+
+def test_fp8_and_w8a8_arms_run_on_the_cpu(schemes_built, tiny_source):
+    """The demo's accuracy side: each arm loads and runs a forward on the CPU, near the source."""
+    from quantstudy.loading import load_arm
+
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = load_arm(tiny_source, "cpu", check=False)(input_ids=ids).logits
+        for directory in schemes_built.values():
+            got = load_arm(directory, "cpu")(input_ids=ids).logits
+            assert float((got - want).norm() / want.norm()) < 0.1
+
+
+def test_verify_arm_refuses_a_scheme_the_files_do_not_hold(schemes_built, tiny_source):
+    from transformers import AutoModelForCausalLM
+
+    from quantstudy.loading import load_arm
+    from quantstudy.quantize import verify_arm
+
+    directory = schemes_built["fp8_dynamic"]
+    linears = linear_names(AutoModelForCausalLM.from_pretrained(tiny_source, device_map="meta"))
+    model = load_arm(directory, "cpu")
+    verify_arm(parse_arm("a", {"method": "fp8-dynamic"}), model, directory, linears)
+    with pytest.raises(AssertionError, match="quantizes activations"):
+        verify_arm(parse_arm("a", {"method": "fp8-weight"}), model, directory, linears)
+    with pytest.raises(AssertionError, match="not I8"):
+        verify_arm(parse_arm("a", {"method": "w8a8"}), model, directory, linears)

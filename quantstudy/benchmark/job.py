@@ -20,10 +20,18 @@ from .backend import check_vocab, load_model, model_record, name_of, vocab_size
 from .isolation import largest_batch_isolated
 from .modes import LLAMACPP_DESCRIPTION, mode_spec
 from .record import SCHEMA_ID
-from .scenarios import merge_raw, prompt_ids, run_modes
+from .scenarios import merge_raw, planned, prompt_ids, run_modes
 from .search import largest_batch_for
-from .settings import llamacpp_settings, resolve_settings, settings_at_batch
+from .settings import (
+    LARGEST_BATCH_MODES,
+    int4_kernel,
+    llamacpp_settings,
+    resolve_settings,
+    settings_at_batch,
+)
 from .timing import Timer, TimerFn, free_memory, measure_bandwidth
+
+MAIN_MODES = LARGEST_BATCH_MODES  # the modes every model runs; "dense" runs separately
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +76,17 @@ def run_benchmark(
     if not is_baseline and settings["interleave"] is False:
         strategy, strategy_reason = "sequential", "settings.interleave is false"
 
-    def load(name: str, directory: Path) -> None:
-        model, seconds, allocated = load_model(directory, device)
+    kernel = int4_kernel(settings, device.type)
+
+    def load(name: str, directory: Path, kernel: str = kernel) -> None:
+        model, seconds, allocated = load_model(directory, device, kernel)
         vocab = vocab_size(model)
         warm = prompt_ids(vocab, 1, settings["decode"]["prompt_length"], settings["seed"]).to(
             device
         )
         with torch.inference_mode():
             models_out[name] = model_record(
-                arm_name if name == "arm" else baseline_name,
+                baseline_name if name == "baseline" else arm_name,
                 directory,
                 model,
                 seconds,
@@ -117,23 +127,26 @@ def run_benchmark(
                 vocab,
                 timer,
                 device,
+                MAIN_MODES,
             )
-            unload("baseline")
         elif strategy == "sequential":
             load("baseline", baseline_dir)
             vocab = vocab_size(loaded["baseline"])
-            raw_base = run_modes({"baseline": loaded["baseline"]}, settings, vocab, timer, device)
+            raw_base = run_modes(
+                {"baseline": loaded["baseline"]}, settings, vocab, timer, device, MAIN_MODES
+            )
             unload("baseline")
             load("arm", arm_dir)
             if vocab_size(loaded["arm"]) != vocab:
                 raise ValueError("arm and baseline have different vocabularies")
             raw = merge_raw(
-                raw_base, run_modes({"arm": loaded["arm"]}, settings, vocab, timer, device)
+                raw_base,
+                run_modes({"arm": loaded["arm"]}, settings, vocab, timer, device, MAIN_MODES),
             )
         else:
             load("arm", arm_dir)
             vocab = vocab_size(loaded["arm"])
-            raw = run_modes({"arm": loaded["arm"]}, settings, vocab, timer, device)
+            raw = run_modes({"arm": loaded["arm"]}, settings, vocab, timer, device, MAIN_MODES)
 
         modes = {
             mode: assemble_mode(raw_mode, settings, models_out, bandwidth_gbps, strategy)
@@ -144,6 +157,22 @@ def run_benchmark(
                 entry["description"] = (
                     f"arm: llama.cpp ({LLAMACPP_DESCRIPTION}); baseline: {entry['description']}"
                 )
+        if planned(settings, "dense") and (models_out["arm"]["int4"] or {}).get("kernel") not in (
+            None,
+            "dense",
+        ):
+            # the same arm as transformers runs it, beside the baseline where it is resident
+            load("arm_dense", arm_dir, "dense")
+            pair = {"arm": loaded["arm_dense"]}
+            if "baseline" in loaded:
+                pair["baseline"] = loaded["baseline"]
+            raw_dense = run_modes(pair, settings, vocab, timer, device, ("dense",))["dense"]
+            unload("arm_dense")
+            dense_models = {**models_out, "arm": models_out["arm_dense"]}
+            modes["dense"] = assemble_mode(
+                raw_dense, settings, dense_models, bandwidth_gbps, strategy
+            )
+        unload("baseline")
         largest = {}
         isolate = settings["largest_batch"].get("isolate", "auto")
         isolate = device.type == "cuda" if isolate == "auto" else bool(isolate)

@@ -8,7 +8,7 @@ measurement call, given a timer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,9 @@ class ModeSpec:
 
     @property
     def description(self) -> str:
+        if self.name == "dense":
+            static = replace(self, name="static").description
+            return f"int4 layers decompressed to dense bf16 by transformers (int4_kernel dense); {static}"
         if self.name == "eager":
             return "model.generate, dynamic cache, greedy; prefill = one forward with use_cache"
         if not self.compiled:
@@ -45,6 +48,8 @@ def mode_spec(name: str, settings: Mapping[str, Any], device: torch.device) -> M
     """The ModeSpec of a mode under the settings (`static.compile: auto` = on CUDA only)."""
     if name == "eager":
         return ModeSpec("eager")
+    if name == "dense":  # the static mode, run on the arm as transformers decompresses it
+        return replace(mode_spec("static", settings, device), name="dense")
     if name != "static":
         raise ValueError(f"unknown mode {name!r}")
     compile_ = settings["static"]["compile"]

@@ -188,6 +188,11 @@ def throughput(
     )
 
 
+def planned(settings: Mapping[str, Any], mode: str) -> bool:
+    """Whether the settings measure anything in a mode."""
+    return bool(_scenario_plan(settings, mode))
+
+
 def _scenario_plan(settings: Mapping[str, Any], mode: str) -> list[tuple]:
     """The scenarios of a mode, in the order they run: ("prefill", L), ("decode",), ("throughput", B)."""
     plan: list[tuple] = []
@@ -221,11 +226,13 @@ def _run_scenario(key: tuple, models, spec, settings, vocab, timer, device) -> d
     )
 
 
-def run_modes(models: Mapping[str, Any], settings, vocab, timer, device) -> dict[str, Any]:
-    """Every planned scenario of every mode, models interleaved. A model that fails (not out of
-    memory) in a mode is dropped from that mode's remaining scenarios; its reason is kept."""
+def run_modes(
+    models: Mapping[str, Any], settings, vocab, timer, device, modes=MODES
+) -> dict[str, Any]:
+    """Every planned scenario of each of `modes`, models interleaved. A model that fails (not out
+    of memory) in a mode is dropped from that mode's remaining scenarios; its reason is kept."""
     raw: dict[str, Any] = {}
-    for mode in MODES:
+    for mode in modes:
         plan = _scenario_plan(settings, mode)
         if not plan:
             continue

@@ -7,7 +7,13 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-MODES = ("eager", "static")
+MODES = ("eager", "static", "dense")
+# "dense": the static mode on a GPTQ/AWQ arm as transformers runs it (int4 layers decompressed to
+# bf16), beside the int4 kernel's static mode, so the cost of decompressing stays visible; it
+# runs only where the arm's int4 layers went to an int4 kernel, and has no largest-batch search.
+LARGEST_BATCH_MODES = ("eager", "static")
+# Values of settings.int4_kernel: quantstudy.int4's kernels, dense (no conversion), or auto.
+INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite")
 # Letters of the `order` strings: which model each timed call measured.
 LETTERS = {"arm": "A", "baseline": "B"}
 
@@ -17,6 +23,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "repeats": 5,  # timed calls per model and scenario, interleaved A B A B …
     "interleave": "auto",  # true: both models resident; false: one after the other; auto: true unless it does not fit
     "remove_noop_wrappers": True,  # compressed-tensors wrappers that change nothing (remove_noop_wrappers)
+    # GPTQ/AWQ (compressed-tensors packed int4) arms: the int4 kernel they run (quantstudy.int4):
+    # tinygemm, gemlite, or dense (transformers decompresses to bf16); auto: tinygemm on CUDA,
+    # dense on the CPU
+    "int4_kernel": "auto",
     "prefill": {
         "modes": ["eager", "static"],
         "batch_size": 1,
@@ -86,11 +96,18 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
         bad = set(out[section]["modes"]) - set(MODES)
         if bad:
             raise ValueError(f"settings.{section}.modes: {sorted(bad)} not among {list(MODES)}")
+    bad = set(out["largest_batch"]["modes"]) - set(LARGEST_BATCH_MODES)
+    if bad:
+        raise ValueError(
+            f"settings.largest_batch.modes: {sorted(bad)} not among {list(LARGEST_BATCH_MODES)}"
+        )
     for section in ("decode", "throughput", "largest_batch"):
         if out[section]["new_tokens"] < 2:
             raise ValueError(f"settings.{section}.new_tokens must be >= 2 (decode needs a step)")
     if out["interleave"] not in ("auto", True, False):
         raise ValueError("settings.interleave: one of 'auto', true, false")
+    if out["int4_kernel"] not in INT4_KERNELS:
+        raise ValueError(f"settings.int4_kernel: one of {', '.join(INT4_KERNELS)}")
     if out["static"]["compile"] not in ("auto", True, False):
         raise ValueError("settings.static.compile: one of 'auto', true, false")
     return out
@@ -120,6 +137,15 @@ def _overlay(base: dict, new: Mapping[str, Any], path: str) -> None:
             _overlay(base[key], value, f"{path}.{key}")
         else:
             base[key] = copy.deepcopy(value)
+
+
+def int4_kernel(settings: Mapping[str, Any], device_type: str) -> str:
+    """The int4 kernel packed int4 arms run under the settings on a device type (`auto`:
+    tinygemm on CUDA, dense elsewhere, so CPU runs keep transformers' dense path)."""
+    kernel = settings["int4_kernel"]
+    if kernel == "auto":
+        return "tinygemm" if device_type == "cuda" else "dense"
+    return kernel
 
 
 def scenario_counts(settings: Mapping[str, Any], section: str) -> tuple[int, int]:
