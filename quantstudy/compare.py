@@ -233,6 +233,7 @@ def run(
         analysis.recommend,
         primary,
         policy.batch_caveats(evals, baseline),
+        analysis.families,
     )
     power = policy.power_by_task(policy.deciding_rows(comparisons, primary))
     scores.to_csv(out["scores"], index=False)

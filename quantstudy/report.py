@@ -126,6 +126,16 @@ def summary_sentences(
         # the per-arm reasons are the verdicts of the decision table: keep the headline short
         reason = recommendation.reason.split(" (", 1)[0]
         out.append(f"**No arm is recommended** (rule *{rule}*): {reason}; see the verdicts below.")
+    conditions = getattr(recommendation, "conditions", ())
+    if conditions:  # task families (analysis.families): the arm per workload, with its finding
+        head = f"*{recommendation.arm}* by default" if recommendation.arm else "no arm by default"
+        out[0] += (
+            f" **By workload:** {head}; "
+            + "; ".join(
+                f"*{c.arm}* only where no {c.family} task ({c.finding})" for c in conditions
+            )
+            + "."
+        )
     margin = analysis.margin
     alpha = analysis.alpha
     counts = {

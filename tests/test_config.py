@@ -368,3 +368,24 @@ def test_schema_and_typed_model_state_the_same_defaults():
     for field in ("analysis.margin", "model.tokenizer.path", "tasks.batch_size",
                   "arms.<arm_llmcompressor>.calibration.seq_len", "benchmark.settings"):  # fmt: skip
         assert field in seen
+
+
+def test_task_families_name_configured_tasks_once():
+    cfg = validated(MINIMAL)
+    cfg["analysis"]["families"] = {"extraction": {"tasks": ["arc_easy"]}}
+    qconfig.validate_schema(cfg)
+    family = qconfig.typed(cfg).analysis.families["extraction"]
+    assert family.tasks == ["arc_easy"] and family.require == "not-worse"
+    cfg["analysis"]["families"] = {"extraction": {"tasks": ["conll2003_ner"]}}
+    with pytest.raises(
+        qconfig.ConfigError,
+        match=r"^analysis\.families\.extraction\.tasks: 'conll2003_ner' is not one of the tasks",
+    ):
+        qconfig.typed(cfg)
+    cfg["analysis"]["families"] = {"a": {"tasks": ["arc_easy"]}, "b": {"tasks": ["arc_easy"]}}
+    with pytest.raises(qconfig.ConfigError, match=r"^analysis\.families\.b\.tasks: 'arc_easy' is "
+                       "already in family 'a'"):  # fmt: skip
+        qconfig.typed(cfg)
+    cfg["analysis"]["families"] = {"a": {"tasks": ["arc_easy"], "require": "no-loss"}}
+    with pytest.raises(qconfig.ConfigError, match=r"^analysis\.families\.a\.require: "):
+        qconfig.typed(cfg)
