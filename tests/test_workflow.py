@@ -170,7 +170,7 @@ def mtimes(work: Path, skip: tuple[str, ...] = ()) -> dict[Path, int]:
     }
 
 
-ANALYSIS = {"aggregate", "aggregate_benchmarks", "compare", "report"}
+ANALYSIS = {"aggregate", "aggregate_benchmarks", "compare", "analyse_failures", "report"}
 
 
 def test_a_failing_arm_is_reported_and_retried_by_the_next_run(tiny_study, tmp_path):
