@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .compare import arm_task_of, sample_rows
+from .compare import arm_task_of, read_records, sample_rows
 from .extraction import COUNTS, pooled
 
 FLIP_COLUMNS = ["arm", "task", "metric", "n", "lost", "gained", "unchanged", "diff"]
@@ -73,8 +73,7 @@ def read_samples(samples_files: Sequence[Path | str]) -> tuple[pd.DataFrame, pd.
     texts: list[dict] = []
     for path in samples_files:
         arm, task = arm_task_of(path)
-        with open(path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records = read_records(path)
         rows += sample_rows(records, arm, task, path)
         for rec in records:
             own = rec.get("task") or task

@@ -165,3 +165,10 @@ def test_answer_text_of_each_kind_of_response():
     assert failures.answer_text({"none": [[-1.0, False], [-4.0, False]]}) == "choice 0"
     assert failures.answer_text(None) == "null"
     assert np.isfinite(len(failures.answer_text({"strict-match": [["a", "b"]]})))
+
+
+def test_a_line_that_is_not_json_names_its_file_and_line(tmp_path):
+    path = _write(tmp_path, "base", "qa", _qa([1.0], ["x"]))
+    path.write_text(path.read_text() + '{"doc_id": 1, "metrics": \n')
+    with pytest.raises(ValueError, match=r"base/qa\.samples\.jsonl, line 2: not a JSON record"):
+        failures.read_samples([path])
