@@ -164,7 +164,7 @@ def flips(
                 frame = frame.assign(change=d)
                 for direction, sel in (("lost", d < 0), ("gained", d > 0)):
                     part = frame[sel.to_numpy()].sort_values(
-                        ["change", "subject", "doc_id"], ascending=[direction == "gained", True, True],
+                        ["change", "subject", "doc_id"], ascending=[direction == "lost", True, True],
                         key=lambda c: c.astype(str) if c.dtype == object else c,
                     )  # fmt: skip
                     for r in part.head(n_examples).to_dict("records"):

@@ -172,3 +172,17 @@ def test_a_line_that_is_not_json_names_its_file_and_line(tmp_path):
     path.write_text(path.read_text() + '{"doc_id": 1, "metrics": \n')
     with pytest.raises(ValueError, match=r"base/qa\.samples\.jsonl, line 2: not a JSON record"):
         failures.read_samples([path])
+
+
+def test_examples_show_the_largest_changes_first(tmp_path):
+    def recs(values):
+        return [{"task": "qa", "doc_id": i, "doc_hash": f"h{i}", "prompt": f"Q{i}",
+                 "target": "t", "response": {"none": ["a"]}, "metrics": {"f1": v}}
+                for i, v in enumerate(values)]  # fmt: skip
+
+    files = [_write(tmp_path, "base", "qa", recs([1.0, 1.0, 1.0, 0.5, 0.2, 0.3])),
+             _write(tmp_path, "q4", "qa", recs([0.9, 0.2, 0.6, 0.7, 0.9, 0.3]))]  # fmt: skip
+    tables, _ = _run(tmp_path, files, ["base", "q4"], ["qa"])
+    ex_rows = tables["examples"]
+    assert list(ex_rows[ex_rows["direction"] == "lost"]["doc_id"]) == [1, 2, 0]  # -0.8, -0.4, -0.1
+    assert list(ex_rows[ex_rows["direction"] == "gained"]["doc_id"]) == [4, 3]  # +0.7, +0.2
