@@ -335,7 +335,10 @@ def decision_html(
                 "TOST p against the margin, the verdict, and the minimum detectable difference "
                 "(mdd) at 80% power. No interval collapses when no item changed: bootstrap and "
                 "t intervals are at least ±R·(1 − α^(1/n)) wide, the most n unchanged items "
-                "can rule out.",
+                "can rule out. An extraction task's micro_f1, precision and recall pool true/"
+                "false positives and false negatives over sentences: their intervals resample "
+                "sentences and pool again, their test swaps the arms' answers sentence by "
+                "sentence (docs/statistics.md).",
                 html_table(comparisons),
             ),
             (
