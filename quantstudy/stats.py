@@ -22,6 +22,10 @@ What is computed, per (arm, task, metric):
   - a task with subjects (MMLU): a subject-level sign-flip permutation test; cluster bootstrap
     intervals (whole subjects resampled), widened to at least the zero-change floor.
 
+  - an extraction task (items scored with counts tp, fp, fn; quantstudy.extraction): its
+    corpus metrics micro-F1, precision and recall pool the counts over items; intervals
+    resample items and pool again, the test swaps the two arms' answers item by item.
+
   None of the intervals collapses when no item changed (zero discordance, zero variance): n
   identical items are equivalent at margin m only when n is about 3/m or more (see
   :func:`tango_ci` and :func:`zero_change_bound`). A verdict and its intervals always agree:
