@@ -129,14 +129,27 @@ def sample_rows(
     return rows
 
 
+def read_records(path: Path | str) -> list[dict[str, Any]]:
+    """The records of a samples file, one JSON object a line (an empty file has none); a line
+    that is not JSON is an error naming the file and the line."""
+    out = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not a JSON record ({e})") from None
+    return out
+
+
 def load_samples(samples_files: Iterable[Path | str]) -> pd.DataFrame:
     """The long table of per-example scores from `eval/{arm}/{task}.samples.jsonl` files."""
     rows: list[dict] = []
     for path in samples_files:
         arm, task = arm_task_of(path)
-        with open(path) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        rows += sample_rows(lines, arm, task, path)
+        rows += sample_rows(read_records(path), arm, task, path)
     columns = ["task", "doc_id", "doc_hash", "arm", "metric", "value", "subject"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -238,7 +251,8 @@ def run(
         analysis.recommend,
         primary,
         policy.batch_caveats(evals, baseline),
-        by_arm(faithfulness_files) if faithfulness_files else None,
+        faithfulness=by_arm(faithfulness_files) if faithfulness_files else None,
+        families=analysis.families,
     )
     power = policy.power_by_task(policy.deciding_rows(comparisons, primary))
     scores.to_csv(out["scores"], index=False)

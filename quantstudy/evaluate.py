@@ -168,8 +168,18 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=handle_non_serializable))
 
 
+def _prompt(sample: dict[str, Any]) -> str | None:
+    """The prompt of a logged sample: the context of its first request (every request of a
+    multiple-choice item shares it), None when lm-eval logged none."""
+    args = sample.get("arguments") or []
+    first = args[0] if args else None
+    text = first[0] if isinstance(first, list | tuple) and first else None
+    return text if isinstance(text, str) else None
+
+
 def sample_records(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One record per evaluated example: task (subtask for groups), ids, target, response, metrics.
+    """One record per evaluated example: task (subtask for groups), ids, prompt, target,
+    response, metrics.
 
     lm-eval logs one sample per (example, filter); a task with several filters (GSM8K's
     strict-match and flexible-extract) gets one record per example whose metrics are named
@@ -190,6 +200,7 @@ def sample_records(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "doc_hash": s.get("doc_hash"),
                     "prompt_hash": s.get("prompt_hash"),
                     "target_hash": s.get("target_hash"),
+                    "prompt": _prompt(s),
                     "target": s.get("target"),
                     "response": {},
                     "metrics": {},

@@ -43,14 +43,37 @@ class DecisionRow:
     verdicts: Mapping[str, str] = field(default_factory=dict)
 
 
+REQUIREMENTS = ("equivalent", "not-worse")
+"""What a task family (`analysis.families`) can require of an arm on each of its tasks."""
+
+_OK_LABELS = {
+    "equivalent": frozenset({"equivalent", "better"}),
+    "not-worse": frozenset({"equivalent", "better", "inconclusive"}),
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Where the workload has no task of a family, `arm` is the one to take (None: no arm
+    qualifies there either); `finding` is that arm's evidence on the family's tasks, which keeps
+    it from being the arm for every workload."""
+
+    family: str
+    tasks: tuple[str, ...]
+    arm: str | None
+    finding: str
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """The arm chosen by a decision rule (None when no arm qualifies) and why."""
+    """The arm chosen by a decision rule (None when no arm qualifies) and why; with task
+    families, the other arms each workload without a family's tasks could take."""
 
     arm: str | None
     rule: str
     reason: str
     candidates: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
 
 
 # --------------------------------------------------------------------------- speed
@@ -142,7 +165,9 @@ def _as_decision_rows(rows: Any) -> list[DecisionRow]:
     return out
 
 
-def recommend(decision_rows: Any, rule: str) -> Recommendation:
+def recommend(
+    decision_rows: Any, rule: str, requirements: Mapping[str, str] | None = None
+) -> Recommendation:
     """The arm a decision rule picks from per-arm memory, speed and verdicts, with the reason.
 
     ``decision_rows``: DecisionRows, mappings with keys arm, memory_bytes, speed_ratio and
@@ -158,6 +183,10 @@ def recommend(decision_rows: Any, rule: str) -> Recommendation:
     harm). Rows with no verdicts at all (the baseline) are not candidates. Ties break on the other
     criterion (speed, resp. memory), then arm name. Arms with NaN memory (resp. speed) cannot win
     a smallest (resp. fastest) rule.
+
+    ``requirements`` ({task: "equivalent" | "not-worse"}, from a task family) replaces the rule's
+    requirement on the tasks it names: "equivalent" takes equivalent or better, "not-worse" any
+    verdict but worse and missing.
     """
     if rule not in RULES:
         raise ValueError(f"unknown decision rule {rule!r}; known rules: {', '.join(RULES)}")
@@ -165,18 +194,21 @@ def recommend(decision_rows: Any, rule: str) -> Recommendation:
     if not rows:
         return Recommendation(None, rule, "no arm has verdicts to decide on")
     all_tasks = sorted({t for r in rows for t in r.verdicts})
-    ok_labels = (
-        {"equivalent", "better"}
-        if rule != "smallest-not-worse"
-        else {"equivalent", "better", "inconclusive"}
-    )
+    default = "not-worse" if rule == "smallest-not-worse" else "equivalent"
     need = "equivalent or better" if rule != "smallest-not-worse" else "not worse (and not missing)"
+    requirements = dict(requirements or {})
+    for task, req in requirements.items():
+        if req not in REQUIREMENTS:
+            raise ValueError(f"task {task!r}: unknown requirement {req!r}; known: {REQUIREMENTS}")
+    if any(requirements.get(t, default) != default for t in all_tasks):
+        need += " (or as its family requires)"
+    ok_labels = {t: _OK_LABELS[requirements.get(t, default)] for t in all_tasks}
 
     def failures(r: DecisionRow) -> list[str]:
         return [
             f"{r.verdicts.get(t, 'missing')} on {t}"
             for t in all_tasks
-            if r.verdicts.get(t, "missing") not in ok_labels
+            if r.verdicts.get(t, "missing") not in ok_labels[t]
         ]
 
     eligible = [r for r in rows if not failures(r)]
@@ -228,6 +260,73 @@ def recommend(decision_rows: Any, rule: str) -> Recommendation:
             f"{len(eligible)} arm(s) {need} on all {len(all_tasks)} tasks"
         )
     return Recommendation(best.arm, rule, reason, tuple(r.arm for r in eligible))
+
+
+def _finding(deciding: pd.DataFrame, arm: str, tasks: Sequence[str], requirement: str) -> str:
+    """An arm's evidence on a family's tasks where it falls short of the requirement: each
+    failing (task, metric) with its difference, CI and Holm p; "missing on T" without data."""
+    rows = deciding[(deciding["arm"] == arm) & deciding["task"].isin(tasks)]
+    ok = _OK_LABELS[requirement]
+    parts = []
+    for task in tasks:
+        mine = rows[rows["task"] == task]
+        bad = mine[~mine["verdict"].isin(ok)]
+        if mine.empty:
+            parts.append(f"missing on {task}")
+        for r in bad.sort_values("diff").to_dict("records"):
+            if r["verdict"] == "missing":
+                parts.append(f"missing on {task} {r['metric']}")
+                continue
+            parts.append(
+                f"{r['verdict']} on {task} {r['metric']}: {r['diff']:+.3f} "
+                f"(95% CI {r['diff_ci_low']:+.3f} to {r['diff_ci_high']:+.3f}, "
+                f"Holm p = {r['p_holm']:.2g})"
+            )
+    return "; ".join(parts) or f"meets '{requirement}' on its tasks"
+
+
+def recommend_by_family(
+    decision_rows: Sequence[DecisionRow],
+    rule: str,
+    families: Mapping[str, Any],
+    deciding: pd.DataFrame,
+) -> Recommendation:
+    """:func:`recommend` with task families (`analysis.families`: {name: {tasks, require}}).
+
+    The arm recommended for every workload meets each family's requirement on its tasks and
+    the rule's on the others. Then, family by family, the rule is applied again without that
+    family's tasks: where it picks another arm, the recommendation carries a
+    :class:`Condition` ("nf4 only where no extraction task") with that arm's finding on the
+    family's tasks (``deciding``: the comparisons rows that decide verdicts).
+    """
+
+    def field(spec: Any, key: str, default: Any = None) -> Any:
+        return spec.get(key, default) if isinstance(spec, Mapping) else getattr(spec, key)
+
+    requirements = {
+        t: field(spec, "require", "not-worse")
+        for spec in families.values()
+        for t in field(spec, "tasks")
+    }
+    main = recommend(decision_rows, rule, requirements)
+    conditions = []
+    for name, spec in families.items():
+        tasks = tuple(field(spec, "tasks"))
+        rest = [
+            DecisionRow(
+                r.arm,
+                r.memory_bytes,
+                r.speed_ratio,
+                {t: v for t, v in r.verdicts.items() if t not in tasks},
+            )  # fmt: skip
+            for r in decision_rows
+        ]
+        other = recommend(rest, rule, {t: v for t, v in requirements.items() if t not in tasks})
+        if other.arm is None or other.arm == main.arm:
+            continue
+        finding = _finding(deciding, other.arm, tasks, requirements[tasks[0]])
+        conditions.append(Condition(name, tasks, other.arm, finding))
+    return Recommendation(main.arm, rule, main.reason, main.candidates, tuple(conditions))
 
 
 # --------------------------------------------------------------------------- the table
@@ -286,6 +385,7 @@ def decision_table(
     primary: Mapping[str, str] | None = None,
     caveats: Mapping[str, str] | None = None,
     faithfulness: Mapping[str, Mapping[str, Any]] | None = None,
+    families: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, Recommendation]:
     """One row per configured arm: memory, speed, verdict per task, worst loss, recommendation.
 
@@ -298,6 +398,8 @@ def decision_table(
     study measured agreement with the baseline: {arm: its faithfulness record}) adds the
     FAITHFULNESS_COLUMNS after the verdicts (NaN for an arm without a record); it informs the
     reader and does not enter the rule.
+    With ``families`` (`analysis.families`) the recommendation is
+    :func:`recommend_by_family`.
     """
     deciding = deciding_rows(comparisons, primary)
     verdicts = task_verdicts(deciding, primary)
@@ -340,7 +442,10 @@ def decision_table(
         rows.append(row)
         if arm != baseline:
             decision_rows.append(DecisionRow(arm, memory, speed.ratio, arm_verdicts))
-    recommendation = recommend(decision_rows, rule)
+    if families:
+        recommendation = recommend_by_family(decision_rows, rule, families, deciding)
+    else:
+        recommendation = recommend(decision_rows, rule)
     table = pd.DataFrame(rows, columns=DECISION_COLUMNS + [f"{VERDICT_PREFIX}{t}" for t in tasks])
     table["recommended"] = table["arm"] == recommendation.arm
     if faithfulness is not None:

@@ -137,6 +137,16 @@ def summary_sentences(
         # the per-arm reasons are the verdicts of the decision table: keep the headline short
         reason = recommendation.reason.split(" (", 1)[0]
         out.append(f"**No arm is recommended** (rule *{rule}*): {reason}; see the verdicts below.")
+    conditions = getattr(recommendation, "conditions", ())
+    if conditions:  # task families (analysis.families): the arm per workload, with its finding
+        head = f"*{recommendation.arm}* by default" if recommendation.arm else "no arm by default"
+        out[0] += (
+            f" **By workload:** {head}; "
+            + "; ".join(
+                f"*{c.arm}* only where no {c.family} task ({c.finding})" for c in conditions
+            )
+            + "."
+        )
     margin = analysis.margin
     alpha = analysis.alpha
     counts = {
@@ -367,7 +377,10 @@ def decision_html(
                 "TOST p against the margin, the verdict, and the minimum detectable difference "
                 "(mdd) at 80% power. No interval collapses when no item changed: bootstrap and "
                 "t intervals are at least ±R·(1 − α^(1/n)) wide, the most n unchanged items "
-                "can rule out.",
+                "can rule out. An extraction task's micro_f1, precision and recall pool true/"
+                "false positives and false negatives over sentences: their intervals resample "
+                "sentences and pool again, their test swaps the arms' answers sentence by "
+                "sentence (docs/statistics.md).",
                 html_table(comparisons),
             ),
             (
@@ -621,3 +634,86 @@ def write_provenance(
     config_yaml = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)
     Path(out_html).write_text(provenance_html(prov, study, config_yaml))
     return prov
+
+
+# --------------------------------------------------------------------------- failure modes
+
+
+def _carriers(subjects: pd.DataFrame, alpha: float) -> list[str]:
+    """Per arm and task, the subjects that carry its loss, in words: those with a significant
+    loss after Holm, else the few with the largest losses (said to be not significant)."""
+    out = []
+    for (arm, task), rows in subjects.groupby(["arm", "task"], sort=False):
+        sig = rows[rows["carries_loss"].astype(bool)].sort_values("diff")
+        if len(sig):
+            names = ", ".join(f"{r['subject']} ({r['diff']:+.3f}, Holm p = {r['p_holm']:.2g})"
+                              for r in sig.to_dict("records"))  # fmt: skip
+            out.append(f"{arm} on {task}: the loss is carried by {names}.")
+            continue
+        worst = rows[rows["diff"] < 0].sort_values("diff").head(3)
+        if len(worst):
+            names = ", ".join(
+                f"{r['subject']} ({r['diff']:+.3f})" for r in worst.to_dict("records")
+            )
+            out.append(
+                f"{arm} on {task}: no subject's loss is significant after Holm (α = {alpha:g}); "
+                f"the largest losses: {names}."
+            )
+    return out
+
+
+def failures_html(
+    flips: pd.DataFrame,
+    examples: pd.DataFrame,
+    extraction: pd.DataFrame,
+    subjects: pd.DataFrame,
+    baseline: str,
+    study: str,
+    alpha: float = 0.05,
+) -> str:
+    """The failure-mode page (quantstudy.failures): flips each way, extraction's precision and
+    recall and its empty-gold sentences, per-subject losses, then examples of flipped items."""
+    sections = [
+        (
+            "Items flipped each way",
+            f"Per arm, task and metric, against the baseline {baseline}: items the arm scores "
+            "lower than the baseline (lost: for a 0/1 metric, baseline right and arm wrong), "
+            "higher (gained) and alike; diff is the mean paired difference.",
+            html_table(flips) if len(flips) else "<p>No paired items.</p>",
+        )
+    ]
+    if len(extraction):
+        sections.append(
+            (
+                "Structured extraction: precision, recall and sentences with no entity",
+                "Per arm and extraction task: pooled true/false positives and false negatives, "
+                "precision and recall (and their change against the baseline), micro-F1 (pooled), "
+                "macro-F1 (mean per-sentence F1), JSON parse rate; on the sentences whose gold "
+                "answer is empty, how many the arm answers with [] (rate with its 95% Wilson "
+                "interval) and the false positives it adds there. Over-extraction lowers "
+                "precision, not recall, and shows first on the empty sentences.",
+                html_table(extraction),
+            )
+        )
+    if len(subjects):
+        sections.append(
+            (
+                "Subjects",
+                " ".join(_carriers(subjects, alpha))
+                + " Each subject's paired difference is tested within the subject (McNemar for "
+                "0/1 scores, a sign-flip permutation test otherwise), Holm-adjusted across the "
+                "task's subjects; carries_loss marks a significant loss.",
+                html_table(subjects),
+            )
+        )
+    for (arm, task), rows in examples.groupby(["arm", "task"], sort=False):
+        shown = rows.drop(columns=["arm", "task"])
+        sections.append(
+            (
+                f"Examples: {arm} on {task}",
+                f"Items whose {rows['metric'].iloc[0]} the arm lost or gained against the "
+                f"baseline, the largest changes first (prompt: its last characters).",
+                html_table(shown),
+            )
+        )
+    return html_page(f"Study {study}: how the arms fail", sections)

@@ -61,7 +61,8 @@ def _rows(schema: dict[str, Any], node: dict[str, Any], prefix: str) -> list[str
 
 
 def reference_markdown(schema: dict[str, Any]) -> str:
-    """Tables of every config field: top level, model, each arm method, tasks, evaluation."""
+    """Tables of every config field: top level, model, each arm method, tasks, evaluation,
+    task families."""
     head = "| field | type | default | meaning |\n|---|---|---|---|"
     out = [
         "### Top level",
@@ -100,6 +101,13 @@ def reference_markdown(schema: dict[str, Any]) -> str:
         "### `evaluation`",
         head,
         *_rows(schema, schema["properties"]["evaluation"], "evaluation."),
+    ]
+    families = schema["properties"]["analysis"]["properties"]["families"]
+    out += [
+        "",
+        "### `analysis.families.<name>`",
+        head,
+        *_rows(schema, families["additionalProperties"], ""),
     ]
     return "\n".join(out) + "\n"
 

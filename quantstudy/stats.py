@@ -22,6 +22,10 @@ What is computed, per (arm, task, metric):
   - a task with subjects (MMLU): a subject-level sign-flip permutation test; cluster bootstrap
     intervals (whole subjects resampled), widened to at least the zero-change floor.
 
+  - an extraction task (items scored with counts tp, fp, fn; quantstudy.extraction): its
+    corpus metrics micro-F1, precision and recall pool the counts over items; intervals
+    resample items and pool again, the test swaps the two arms' answers item by item.
+
   None of the intervals collapses when no item changed (zero discordance, zero variance): n
   identical items are equivalent at margin m only when n is about 3/m or more (see
   :func:`tango_ci` and :func:`zero_change_bound`). A verdict and its intervals always agree:
@@ -44,6 +48,8 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 
+from .extraction import COUNTS, POOLED, pooled
+
 __all__ = [
     "BINARY_VALUES",
     "COMPARISON_COLUMNS",
@@ -57,6 +63,7 @@ __all__ = [
     "Verdict",
     "bootstrap_ci",
     "check_verdicts",
+    "extraction_counts",
     "cluster_bootstrap_ci",
     "cluster_bootstrap_equivalence",
     "cluster_permutation_test",
@@ -69,6 +76,9 @@ __all__ = [
     "paired_bootstrap_diff_ci",
     "paired_frame",
     "paired_permutation_test",
+    "paired_pooled_bootstrap",
+    "pooled_bootstrap_ci",
+    "pooled_permutation_test",
     "tango_ci",
     "tango_equivalence",
     "tango_score",
@@ -814,9 +824,25 @@ def _bootstrap_equivalence(
     """:func:`cluster_bootstrap_equivalence` from the bootstrap draws of the mean difference."""
     method = "cluster-bootstrap+floor" if value_range else "cluster-bootstrap"
     n = diffs.size
-    if n == 0:
-        return _undecided(math.nan, margin, alpha, method)
-    mean = float(diffs.mean())
+    return _draws_equivalence(
+        boot, float(diffs.mean()) if n else math.nan, n, margin, alpha, value_range, method
+    )
+
+
+def _draws_equivalence(
+    boot: np.ndarray,
+    mean: float,
+    n: int,
+    margin: float,
+    alpha: float,
+    value_range: float | None,
+    method: str,
+) -> EquivalenceResult:
+    """Equivalence from bootstrap draws of a difference whose estimate is ``mean`` (n items):
+    the (1 - 2 alpha) order-statistic interval of the draws widened to the zero-change floor;
+    one-sided p-values the share of draws beyond each margin, or the floor's when larger."""
+    if n == 0 or not math.isfinite(mean) or boot.size == 0:
+        return _undecided(mean if n else math.nan, margin, alpha, method)
     low, high = _floored(*_order_statistic_interval(boot, alpha), mean, n, alpha, value_range)
     p_lower = max(float(np.mean(boot <= -margin)), _floor_pvalue(margin + mean, value_range, n))
     p_upper = max(float(np.mean(boot >= margin)), _floor_pvalue(margin - mean, value_range, n))
@@ -824,6 +850,212 @@ def _bootstrap_equivalence(
     return EquivalenceResult(
         mean, margin, alpha, low, high, p_lower, p_upper, max(p_lower, p_upper), equivalent, method
     )
+
+
+# --------------------------------------------------------------------------- pooled counts
+# A structured-extraction task (quantstudy.extraction) scores each item with counts tp, fp, fn;
+# its corpus metrics (micro-F1, precision, recall) are ratios of the counts pooled over items,
+# not means of per-item values. The item (sentence) stays the unit: intervals resample items
+# and pool again, the test swaps the two arms' answers item by item.
+
+
+def _counts_array(counts: Any) -> np.ndarray:
+    """An (n, 3) float array of per-item (tp, fp, fn)."""
+    arr = np.asarray(counts, dtype=float)
+    if arr.size == 0:
+        return arr.reshape(0, 3)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"counts must be (n, 3) rows of (tp, fp, fn), got shape {arr.shape}")
+    return arr
+
+
+def _pooled_metric(totals: np.ndarray, name: str) -> np.ndarray:
+    """The pooled metric `name` (micro_f1, precision, recall) of rows of (tp, fp, fn) totals."""
+    if name not in POOLED:
+        raise ValueError(f"unknown pooled metric {name!r}; known: {', '.join(POOLED)}")
+    totals = np.atleast_2d(totals)
+    return np.asarray(pooled(totals[:, 0], totals[:, 1], totals[:, 2])[name], dtype=float)
+
+
+def _resampled_totals(counts: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, k) column totals of n_boot resamples of the rows, with replacement."""
+    n, k = counts.shape
+    out = np.empty((n_boot, k))
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // max(n * k, 1))
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = counts[idx].sum(axis=1)
+    return out
+
+
+def pooled_bootstrap_ci(
+    counts: Any, name: str, n_boot: int = 2000, seed: Seed = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of a pooled metric: resample items (rows of tp, fp, fn) with
+    replacement, pool their counts again, take the metric. Draws where the metric is undefined
+    (a zero denominator) are left out; NaNs when there are no items or no defined draw."""
+    _check_alpha(alpha)
+    arr = _counts_array(counts)
+    if arr.shape[0] == 0:
+        return (math.nan, math.nan)
+    draws = _pooled_metric(_resampled_totals(arr, n_boot, _rng(seed)), name)
+    draws = draws[np.isfinite(draws)]
+    return _percentile_interval(draws, alpha) if draws.size else (math.nan, math.nan)
+
+
+def paired_pooled_bootstrap(
+    a: Any, b: Any, name: str, n_boot: int = 2000, seed: Seed = 0
+) -> np.ndarray:
+    """Bootstrap draws of metric(b) - metric(a) for a pooled metric, resampling items jointly:
+    one draw takes the same items for both arms (a = baseline, b = arm; rows of tp, fp, fn),
+    pools each arm's counts and subtracts. Undefined draws are left out."""
+    a_arr, b_arr = _counts_array(a), _counts_array(b)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"a ({a_arr.shape[0]}) and b ({b_arr.shape[0]}) differ in length")
+    if a_arr.shape[0] == 0:
+        return np.empty(0)
+    totals = _resampled_totals(np.hstack([a_arr, b_arr]), n_boot, _rng(seed))
+    draws = _pooled_metric(totals[:, 3:], name) - _pooled_metric(totals[:, :3], name)
+    return draws[np.isfinite(draws)]
+
+
+def pooled_permutation_test(
+    a: Any, b: Any, name: str, n_perm: int = 10_000, seed: Seed = 0
+) -> PermutationResult:
+    """Two-sided paired permutation test (approximate randomization) that a pooled metric is
+    the same for both arms (a = baseline, b = arm; per-item rows of tp, fp, fn).
+
+    Under the null the two answers to an item are exchangeable: each pattern of swaps (arm's
+    counts for the baseline's on some items) is as likely as the observed one. The statistic is
+    metric(b) - metric(a) of the pooled counts; the p-value is the share of swap patterns whose
+    |statistic| is at least the observed one. Items whose counts agree do not change under a
+    swap, so only the k differing ones are swapped: all 2^k patterns when k <=
+    PERMUTATION_EXACT_MAX_NONZERO, otherwise n_perm random patterns, p = (hits + 1) / (n_perm
+    + 1). With no differing item p = 1; when the metric is undefined for either arm, NaN.
+    """
+    a_arr, b_arr = _counts_array(a), _counts_array(b)
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"a ({a_arr.shape[0]}) and b ({b_arr.shape[0]}) differ in length")
+    ta, tb = a_arr.sum(axis=0), b_arr.sum(axis=0)
+    observed = float(_pooled_metric(tb, name)[0] - _pooled_metric(ta, name)[0])
+    d = (b_arr - a_arr)[np.any(b_arr != a_arr, axis=1)]
+    k = d.shape[0]
+    if not math.isfinite(observed):
+        return PermutationResult(observed, math.nan, k, 0, "exact")
+    if k == 0:
+        return PermutationResult(observed, 1.0, 0, 1, "exact")
+    tol = 1e-9
+
+    def hits_of(bits: np.ndarray) -> int:
+        moved = bits @ d  # swapping an item moves its difference from the arm to the baseline
+        stats_ = _pooled_metric(tb - moved, name) - _pooled_metric(ta + moved, name)
+        return int(np.sum(np.abs(stats_) >= abs(observed) - tol))
+
+    if k <= PERMUTATION_EXACT_MAX_NONZERO:
+        bits = ((np.arange(2**k, dtype=np.int64)[:, None] >> np.arange(k)) & 1).astype(float)
+        return PermutationResult(observed, hits_of(bits) / 2**k, k, 2**k, "exact")
+    rng = _rng(seed)
+    hits = 0
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // k)
+    for start in range(0, n_perm, chunk):
+        rows = min(chunk, n_perm - start)
+        packed = rng.integers(0, 256, size=(rows, (k + 7) // 8), dtype=np.uint8)
+        hits += hits_of(np.unpackbits(packed, axis=1, count=k).astype(float))
+    return PermutationResult(observed, (hits + 1) / (n_perm + 1), k, n_perm, "monte-carlo")
+
+
+def extraction_counts(rows: pd.DataFrame) -> bool:
+    """Whether a task's per-example rows are an extraction task's: they score every count
+    metric (tp, fp, fn) of quantstudy.extraction."""
+    return set(COUNTS) <= set(rows["metric"].unique())
+
+
+def _arm_counts(rows: pd.DataFrame, arm: str) -> np.ndarray:
+    """One arm's per-item (tp, fp, fn), items in (subject, doc_id) order."""
+    sel = rows[rows["arm"] == arm].copy()
+    sel["subject"] = sel["subject"].astype(object).where(sel["subject"].notna(), _NO_SUBJECT)
+    wide = sel.pivot_table(
+        index=["subject", "doc_id"], columns="metric", values="value", aggfunc="first"
+    )
+    return wide[list(COUNTS)].to_numpy(dtype=float)
+
+
+def _paired_counts(
+    rows: pd.DataFrame, task: str, arm: str, baseline: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's and the arm's per-item (tp, fp, fn), paired by :func:`paired_frame` (which
+    refuses arms that saw different items)."""
+    frames = [paired_frame(rows, task, c, arm, baseline) for c in COUNTS]
+    a = np.column_stack([f["baseline"].to_numpy(dtype=float) for f in frames])
+    b = np.column_stack([f["arm"].to_numpy(dtype=float) for f in frames])
+    return a, b
+
+
+def _pooled_score_row(
+    counts: np.ndarray, name: str, n_boot: int, seed: Seed, alpha: float
+) -> dict[str, Any]:
+    """n, pooled value and its bootstrap CI (items resampled, counts pooled again)."""
+    low, high = pooled_bootstrap_ci(counts, name, n_boot, seed, alpha)
+    return {
+        "n": counts.shape[0],
+        "mean": float(_pooled_metric(counts.sum(axis=0), name)[0]),
+        "ci_low": low,
+        "ci_high": high,
+        "ci_method": "pooled-bootstrap",
+    }
+
+
+def _pooled_comparison_row(
+    a: np.ndarray,
+    b: np.ndarray,
+    arm: str,
+    task: str,
+    name: str,
+    margin: float,
+    alpha: float,
+    n_boot: int,
+    n_perm: int,
+    seed: int,
+) -> dict[str, Any]:
+    """A comparisons row for a pooled metric: the difference of the pooled values, a paired
+    bootstrap CI and equivalence interval (both floored, as the other continuous metrics), the
+    paired permutation test, and the MDD from the bootstrap's standard deviation."""
+    n = a.shape[0]
+    base = float(_pooled_metric(a.sum(axis=0), name)[0])
+    other = float(_pooled_metric(b.sum(axis=0), name)[0])
+    diff = other - base
+    boot = paired_pooled_bootstrap(a, b, name, n_boot, _subseed(seed, "diff", arm, task, name))
+    if boot.size and math.isfinite(diff):
+        low, high = _floored(*_percentile_interval(boot, alpha), diff, n, alpha / 2, 1.0)
+    else:
+        low = high = math.nan
+    perm = pooled_permutation_test(a, b, name, n_perm, _subseed(seed, "perm", arm, task, name))
+    eq = _draws_equivalence(boot, diff, n, margin, alpha, 1.0, "paired-bootstrap+floor")
+    sd = float(boot.std(ddof=1)) if boot.size >= 2 else math.nan
+    return {
+        "arm": arm,
+        "task": task,
+        "metric": name,
+        "n": n,
+        "baseline_mean": base,
+        "arm_mean": other,
+        "diff": diff,
+        "diff_ci_low": low,
+        "diff_ci_high": high,
+        "diff_ci_method": "paired-bootstrap+floor",
+        "test": f"pooled-permutation-{perm.method}",
+        "p": perm.pvalue,
+        "p_holm": math.nan,
+        "eq_low": eq.low,
+        "eq_high": eq.high,
+        "eq_method": eq.method,
+        "tost_p": eq.pvalue,
+        "equivalent": eq.equivalent,
+        "verdict": None,
+        # the bootstrap sd of the difference is its standard error: sd_diff / sqrt(n)
+        "mdd": min_detectable_difference(sd * math.sqrt(n), n, alpha) if n >= 2 else math.nan,
+    }
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -1095,6 +1327,68 @@ def _comparison_row(
     }
 
 
+def _decided(
+    family: list[dict[str, Any]], margin: float, alpha: float, hib: bool
+) -> list[dict[str, Any]]:
+    """The rows of one (task, metric) family with Holm-adjusted p-values (across its arms) and
+    verdicts filled in; "missing" rows stay as they are."""
+    adjusted = holm([r["p"] for r in family])
+    for r, p_adj in zip(family, adjusted, strict=True):
+        if r["verdict"] == "missing":
+            continue
+        r["p_holm"] = float(p_adj)
+        r["verdict"] = verdict(
+            r["diff"],
+            (r["diff_ci_low"], r["diff_ci_high"]),
+            r["p"],
+            r["p_holm"],
+            (r["eq_low"], r["eq_high"]),
+            margin,
+            alpha,
+            r["tost_p"],
+            hib,
+        ).verdict
+    return family
+
+
+def _pooled_family(
+    task_rows: pd.DataFrame,
+    task: str,
+    name: str,
+    arm_list: Sequence[str],
+    baseline: str,
+    margin: float,
+    alpha: float,
+    n_boot: int,
+    n_perm: int,
+    seed: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Score rows and (undecided) comparison rows of one pooled metric of an extraction task."""
+    rows = task_rows[task_rows["metric"].isin(COUNTS)]
+    present = set(rows["arm"].unique())
+    scored = [
+        {"arm": arm, "task": task, "metric": name}
+        | _pooled_score_row(
+            _arm_counts(rows, arm), name, n_boot, _subseed(seed, "score", arm, task, name), alpha
+        )
+        for arm in arm_list
+        if arm in present
+    ]
+    family = []
+    for arm in arm_list:
+        if arm == baseline:
+            continue
+        if baseline not in present or arm not in present:
+            family.append(_missing_comparison(arm, task, name) | {"higher_is_better": True})
+            continue
+        a, b = _paired_counts(rows, task, arm, baseline)
+        family.append(
+            _pooled_comparison_row(a, b, arm, task, name, margin, alpha, n_boot, n_perm, seed)
+            | {"higher_is_better": True}
+        )
+    return scored, family
+
+
 def compare(
     df: pd.DataFrame,
     baseline: str,
@@ -1129,6 +1423,13 @@ def compare(
     * a task with at least two subjects (any metric): the subject-level sign-flip permutation
       test (:func:`cluster_permutation_test`); cluster bootstrap CI and equivalence interval
       (:func:`cluster_bootstrap_equivalence`), both widened to the same floor.
+    * an extraction task (its items score the counts tp, fp, fn, :func:`extraction_counts`):
+      the counts are not compared one by one; the corpus metrics micro_f1, precision and
+      recall are made from the counts pooled over items, scored with :func:`pooled_bootstrap_ci`
+      and compared by the paired permutation test of :func:`pooled_permutation_test`, a paired
+      bootstrap CI and equivalence interval (:func:`paired_pooled_bootstrap`), both floored.
+      Its per-item metrics (f1: per-sentence macro-F1; parsed: the JSON parse rate) are
+      compared as any other metric.
 
     ``tost_p`` is the p-value of the equivalence test (``tost_p < alpha`` iff ``equivalent``).
     ``mdd`` is the minimum detectable difference at 80 % power from the sd of the differences.
@@ -1169,6 +1470,9 @@ def compare(
         task_rows = data[data["task"] == task]
         clustered = _has_subjects(task_rows)
         metrics = sorted(task_rows["metric"].unique().tolist()) or [None]
+        extraction = extraction_counts(task_rows)
+        if extraction:  # the counts are pooled (below), not compared one by one
+            metrics = [m for m in metrics if m not in COUNTS]
         for metric in metrics:
             if metric is None:
                 comparison_rows += [
@@ -1217,23 +1521,14 @@ def compare(
                     )
                     | {"higher_is_better": hib}
                 )
-            adjusted = holm([r["p"] for r in family])
-            for r, p_adj in zip(family, adjusted, strict=True):
-                if r["verdict"] == "missing":
-                    continue
-                r["p_holm"] = float(p_adj)
-                r["verdict"] = verdict(
-                    r["diff"],
-                    (r["diff_ci_low"], r["diff_ci_high"]),
-                    r["p"],
-                    r["p_holm"],
-                    (r["eq_low"], r["eq_high"]),
-                    margin,
-                    alpha,
-                    r["tost_p"],
-                    hib,
-                ).verdict
-            comparison_rows += family
+            comparison_rows += _decided(family, margin, alpha, hib)
+        if extraction:
+            for name in POOLED:
+                scored, family = _pooled_family(
+                    task_rows, task, name, arm_list, baseline, margin, alpha, n_boot, n_perm, seed
+                )
+                score_rows += scored
+                comparison_rows += _decided(family, margin, alpha, True)
 
     scores = pd.DataFrame(score_rows, columns=list(SCORE_COLUMNS))
     comparisons = pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS))

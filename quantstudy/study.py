@@ -92,6 +92,14 @@ class Evaluation(Spec):
 # --- analysis ----------------------------------------------------------------------------------
 
 
+class Family(Spec):
+    """A family of tasks (a workload such as structured extraction) and what an arm must show
+    on each of its tasks to be recommended for a workload that has them."""
+
+    tasks: Annotated[list[str], Field(min_length=1)]
+    require: Literal["equivalent", "not-worse"] = "not-worse"
+
+
 class Analysis(Spec):
     """The paired comparison of every arm with the baseline."""
 
@@ -103,6 +111,7 @@ class Analysis(Spec):
         "smallest-equivalent"
     )
     primary_metrics: dict[str, str] = {}
+    families: dict[str, Family] = {}
 
 
 # --- benchmark ---------------------------------------------------------------------------------
@@ -277,4 +286,25 @@ class Study(Spec):
                 "beside it shows what llama.cpp's runtime changes)",
                 {"at": ("baseline",), "name": repr(self.baseline)},
             )
+        return self
+
+    @model_validator(mode="after")
+    def _family_tasks(self) -> Study:
+        owner: dict[str, str] = {}
+        for family, spec in self.analysis.families.items():
+            at = ("analysis", "families", family, "tasks")
+            for task in spec.tasks:
+                if task not in self.tasks:
+                    raise PydanticCustomError(
+                        "unknown_task",
+                        "{name} is not one of the tasks ({tasks})",
+                        {"at": at, "name": repr(task), "tasks": ", ".join(self.tasks)},
+                    )
+                if task in owner:
+                    raise PydanticCustomError(
+                        "task_in_two_families",
+                        "{name} is already in family {other}: a task has one requirement",
+                        {"at": at, "name": repr(task), "other": repr(owner[task])},
+                    )
+                owner[task] = family
         return self

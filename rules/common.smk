@@ -98,6 +98,7 @@ def get_final_output():
         f"results/{STUDY}/tables/decision.csv",
         f"results/{STUDY}/report/decision.html",
         f"results/{STUDY}/report/provenance.html",
+        f"results/{STUDY}/report/failures.html",
         f"results/{STUDY}/figures/score_vs_memory.png",
         f"results/{STUDY}/tables/results.csv",
         f"results/{STUDY}/tables/memory.csv",

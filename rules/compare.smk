@@ -42,3 +42,35 @@ rule compare:
         baseline=BASELINE,
     script:
         "../scripts/compare.py"
+
+
+rule analyse_failures:
+    input:
+        samples=get_analysis_input()["samples"],
+    output:
+        failures_html=report(
+            "results/{study}/report/failures.html",
+            caption="../report/failures.rst",
+            category="1. Decision",
+            labels={
+                "table": "how the arms fail: flips, extraction, subjects, examples"
+            },
+        ),
+        flips="results/{study}/tables/flips.csv",
+        examples="results/{study}/tables/flip_examples.csv",
+        extraction="results/{study}/tables/extraction.csv",
+        subjects="results/{study}/tables/subjects.csv",
+    log:
+        "logs/{study}/analyse_failures.log",
+    conda:
+        "../envs/quantstudy.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        analysis=lookup(dpath="analysis", within=config),
+        arms=ARMS,
+        tasks=TASKS,
+        baseline=BASELINE,
+    script:
+        "../scripts/analyse_failures.py"

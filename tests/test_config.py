@@ -376,3 +376,43 @@ def test_schema_and_typed_model_state_the_same_defaults():
     for field in ("analysis.margin", "model.tokenizer.path", "tasks.batch_size",
                   "arms.<arm_llmcompressor>.calibration.seq_len", "benchmark.settings"):  # fmt: skip
         assert field in seen
+
+
+def test_task_families_name_configured_tasks_once():
+    cfg = validated(MINIMAL)
+    cfg["analysis"]["families"] = {"extraction": {"tasks": ["arc_easy"]}}
+    qconfig.validate_schema(cfg)
+    family = qconfig.typed(cfg).analysis.families["extraction"]
+    assert family.tasks == ["arc_easy"] and family.require == "not-worse"
+    cfg["analysis"]["families"] = {"extraction": {"tasks": ["conll2003_ner"]}}
+    with pytest.raises(
+        qconfig.ConfigError,
+        match=r"^analysis\.families\.extraction\.tasks: 'conll2003_ner' is not one of the tasks",
+    ):
+        qconfig.typed(cfg)
+    cfg["analysis"]["families"] = {"a": {"tasks": ["arc_easy"]}, "b": {"tasks": ["arc_easy"]}}
+    with pytest.raises(qconfig.ConfigError, match=r"^analysis\.families\.b\.tasks: 'arc_easy' is "
+                       "already in family 'a'"):  # fmt: skip
+        qconfig.typed(cfg)
+    cfg["analysis"]["families"] = {"a": {"tasks": ["arc_easy"], "require": "no-loss"}}
+    with pytest.raises(qconfig.ConfigError, match=r"^analysis\.families\.a\.require: "):
+        qconfig.typed(cfg)
+
+
+def test_the_demo_configs_extraction_block_is_valid_when_uncommented():
+    """config/demo.yaml holds demo_ner and its analysis settings commented out (time); with the
+    comment marks removed the config is valid and names the extraction family."""
+    text = (ROOT / "config" / "demo.yaml").read_text()
+    on = "\n".join(
+        line.replace("# ", "", 1) if line.lstrip("# ").startswith(("demo_ner:", "batch_size:",
+        "num_fewshot: 0", "analysis:", "primary_metrics:", "demo_ner: micro", "families:",
+        "extraction:", "tasks: [demo_ner]", "require:")) and line.lstrip().startswith("#")
+        else line
+        for line in text.splitlines()
+    )  # fmt: skip
+    cfg = yaml.safe_load(on)
+    assert "demo_ner" in cfg["tasks"]
+    qconfig.validate_schema(cfg)
+    study = qconfig.typed(cfg)
+    assert study.analysis.families["extraction"].tasks == ["demo_ner"]
+    assert study.analysis.primary_metrics == {"demo_ner": "micro_f1"}

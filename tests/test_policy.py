@@ -79,3 +79,80 @@ def test_task_verdicts_combines_metrics_conservatively():
     )
     assert policy.task_verdicts(comp) == {"q": {"a": "equivalent", "b": "worse"}}
     assert policy.task_verdicts(comp, {"b": "acc"}) == {"q": {"a": "equivalent", "b": "equivalent"}}
+
+
+# --------------------------------------------------------------------------- task families
+
+
+def _family_comparisons() -> pd.DataFrame:
+    """Deciding rows: nf4 is worse on the extraction task ner, every other verdict passes."""
+    rows = []
+    for arm, verdicts in [("int8", {"mmlu": "inconclusive", "ner": "inconclusive"}),
+                          ("nf4", {"mmlu": "inconclusive", "ner": "worse"})]:  # fmt: skip
+        for task, v in verdicts.items():
+            diff = -0.032 if v == "worse" else -0.004
+            rows.append({"arm": arm, "task": task, "metric": "micro_f1" if task == "ner" else "acc",
+                         "verdict": v, "diff": diff, "diff_ci_low": diff - 0.025,
+                         "diff_ci_high": diff + 0.025 if v != "worse" else -0.007,
+                         "p_holm": 0.032 if v == "worse" else 0.6, "higher_is_better": True})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+FAMILY_ROWS = [
+    policy.DecisionRow("int8", 8e9, 0.6, {"mmlu": "inconclusive", "ner": "inconclusive"}),
+    policy.DecisionRow("nf4", 4.5e9, 0.8, {"mmlu": "inconclusive", "ner": "worse"}),
+]
+
+
+def test_a_family_names_the_workload_an_arm_is_only_good_for():
+    """Q8 by default; Q4 only where no extraction task, tied to Q4's loss on the NER task."""
+    families = {"extraction": {"tasks": ["ner"], "require": "not-worse"}}
+    r = policy.recommend_by_family(
+        FAMILY_ROWS, "smallest-not-worse", families, _family_comparisons()
+    )
+    assert r.arm == "int8"  # nf4 is worse on ner
+    (c,) = r.conditions
+    assert (c.family, c.tasks, c.arm) == ("extraction", ("ner",), "nf4")
+    assert c.finding == "worse on ner micro_f1: -0.032 (95% CI -0.057 to -0.007, Holm p = 0.032)"
+    # without the family the same rule gives the same default and no condition
+    assert policy.recommend(FAMILY_ROWS, "smallest-not-worse").arm == "int8"
+
+
+def test_a_family_requirement_replaces_the_rules_on_its_tasks():
+    rows = [policy.DecisionRow("nf4", 4.5e9, 0.8, {"mmlu": "equivalent", "ner": "inconclusive"})]
+    # the rule alone needs equivalence on ner too
+    assert policy.recommend(rows, "smallest-equivalent").arm is None
+    relaxed = policy.recommend(rows, "smallest-equivalent", {"ner": "not-worse"})
+    assert relaxed.arm == "nf4" and "as its family requires" in relaxed.reason
+    strict = policy.recommend(FAMILY_ROWS, "smallest-not-worse", {"ner": "equivalent"})
+    assert strict.arm is None  # neither is equivalent on ner
+    with pytest.raises(ValueError, match="unknown requirement"):
+        policy.recommend(rows, "smallest-equivalent", {"ner": "no-loss"})
+
+
+def test_no_arm_by_default_but_one_without_the_family():
+    families = {"extraction": {"tasks": ["ner"], "require": "equivalent"}}
+    r = policy.recommend_by_family(
+        FAMILY_ROWS, "smallest-not-worse", families, _family_comparisons()
+    )
+    assert r.arm is None
+    (c,) = r.conditions
+    assert c.arm == "nf4" and c.finding.startswith("worse on ner micro_f1")
+    # the summary says both, each tied to its finding
+    from quantstudy.report import summary_sentences
+    from quantstudy.study import Analysis
+
+    decision = pd.DataFrame({"arm": ["int8"], "role": ["candidate"], "status": ["ok"],
+                             "verdict:ner": ["inconclusive"], "speed_vs_baseline": [math.nan],
+                             "caveat": [""], "speed_measure": [""]})  # fmt: skip
+    empty = pd.DataFrame(columns=["task", "metric", "n", "mdd_min", "mdd_median", "mdd_max"])
+    first = summary_sentences(decision, r, empty, Analysis(), "base")[0]
+    assert "no arm by default; *nf4* only where no extraction task (worse on ner" in first
+
+
+def test_a_family_whose_removal_changes_nothing_adds_no_condition():
+    families = {"knowledge": {"tasks": ["mmlu"], "require": "not-worse"}}
+    r = policy.recommend_by_family(
+        FAMILY_ROWS, "smallest-not-worse", families, _family_comparisons()
+    )
+    assert r.arm == "int8" and r.conditions == ()

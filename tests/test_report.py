@@ -170,6 +170,8 @@ def check_rendered(report_html: Path, workdir: Path, arms: list[str]) -> dict:
         assert arm in decision["text"]
     provenance = by_name["provenance.html"]
     assert provenance["shown"] and "sha256 model.safetensors" in provenance["text"]
+    failures = by_name["failures.html"]  # how the arms fail (issue #16)
+    assert failures["shown"] and "Items flipped each way" in failures["text"]
     return seen
 
 

@@ -53,7 +53,7 @@ def passage_qa() -> list[dict]:
 # ------------------------------------------------------------------ (a) reproducible
 def test_generator_reproduces_committed_files(tmp_path):
     assert make_data.main(["--out", str(tmp_path)]) == 0
-    expected = {make_data.CAPITALS_FILE, make_data.PASSAGE_QA_FILE}
+    expected = {make_data.CAPITALS_FILE, make_data.PASSAGE_QA_FILE, make_data.NER_FILE}
     assert {p.name for p in tmp_path.iterdir()} == expected
     for name in sorted(expected):
         assert (tmp_path / name).read_bytes() == (DATA_DIR / name).read_bytes(), (
@@ -242,3 +242,71 @@ def test_lm_eval_builds_passage_qa(task_dict, passage_qa):
     assert set(task.aggregation()) == {"em", "f1"}
     assert all(task.higher_is_better().values())
     assert task.process_results(docs[0], [" " + docs[0]["answer"]]) == {"f1": 1.0, "em": 1.0}
+
+
+# ------------------------------------------------------------------ (d) structured extraction
+NER_DIR = TASKS_DIR / "ner"
+ner_utils = _load_module("ner_task_utils", NER_DIR / "utils.py")
+
+
+@pytest.fixture(scope="module")
+def ner() -> list[dict]:
+    return _read_jsonl(DATA_DIR / make_data.NER_FILE)
+
+
+def test_ner_items(ner):
+    """At least 200 sentences, a quarter with no entity, every gold entity a span of its
+    sentence, types from the three the prompt names; the prompt's examples are not in the data."""
+    assert len(ner) >= 200
+    assert len({d["id"] for d in ner}) == len(ner)
+    empty = [d for d in ner if not d["entities"]]
+    assert len(empty) == len(ner) // 4
+    for d in ner:
+        for entity, kind in d["entities"]:
+            assert entity in d["sentence"], d["id"]
+            assert kind in {"person", "company", "city"}
+        if not d["entities"]:  # no capitalised word but the first
+            assert not any(w[0].isupper() for w in d["sentence"].split()[1:]), d["id"]
+    text = (NER_DIR / "demo_ner.yaml").read_text()
+    for name in ("Karl Weber", "Fjordline", "Bremen", "Ana Ruiz", "Tom Hale", "Kiel"):
+        assert not any(name in d["sentence"] for d in ner), name
+        assert name in text
+
+
+def test_ner_gold_from_conll_tags():
+    doc = {"tokens": ["SOCCER", "-", "JAPAN", "GET", "LUCKY", "WIN", ",", "CHINA", "IN",
+                      "SURPRISE", "DEFEAT", "."],
+           "ner_tags": [0, 0, 5, 0, 0, 0, 0, 1, 0, 0, 0, 0]}  # fmt: skip
+    assert ner_utils.gold_entities(doc) == [["JAPAN", "LOC"], ["CHINA", "PER"]]
+    assert ner_utils.doc_to_target(doc) == '[["JAPAN", "LOC"], ["CHINA", "PER"]]'
+    assert ner_utils.conll_doc_to_text(doc).startswith("Sentence: SOCCER - JAPAN GET")
+
+
+def test_lm_eval_builds_demo_ner(ner):
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    assert "conll2003_ner" in tm.all_tasks  # found; its hub data is not loaded here
+    task = get_task_dict(["demo_ner"], tm)["demo_ner"]
+    assert task.OUTPUT_TYPE == "generate_until"
+    docs = list(task.test_docs())
+    assert [d["id"] for d in docs] == [d["id"] for d in ner]
+    context = task.fewshot_context(docs[0], num_fewshot=0)
+    assert context.startswith("List the people, companies and cities in the sentence as JSON.")
+    assert context.endswith(f"Sentence: {ner[0]['sentence']}\nEntities:")
+    gen = task.config.generation_kwargs
+    assert gen["until"] == ["\n"] and gen["max_gen_toks"] <= 32 and gen["do_sample"] is False
+    gold = task.doc_to_target(docs[0])
+    scores = task.process_results(docs[0], [" " + gold])
+    assert {k: scores[k] for k in ("tp", "fp", "fn", "parsed", "f1")} == {
+        "tp": float(len(ner[0]["entities"])), "fp": 0.0, "fn": 0.0, "parsed": 1.0, "f1": 1.0,
+    }  # fmt: skip
+    agg = task.aggregation()
+    items = [[2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]  # pooled: TP 2, FP 1, FN 1
+    assert agg["micro_f1"](items) == pytest.approx(4 / 6)
+    assert agg["precision"](items) == pytest.approx(2 / 3)
+    assert agg["tp"]([1.0, 2.0]) == 3.0
+    assert agg["micro_f1"]([[0.0, 0.0, 0.0]]) == 0.0  # undefined: lm-eval's table holds no NaN
+    hib = task.higher_is_better()
+    assert hib["fp"] is False and hib["micro_f1"] is True

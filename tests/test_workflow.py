@@ -70,6 +70,8 @@ def test_samples_have_one_line_per_example_and_pair_across_arms(tiny_study):
             assert len(set(arm_keys)) == limit
             keys = keys or arm_keys
             assert arm_keys == keys, "arms saw different items"
+            # the prompt, for the failure examples: the context of the item's first request
+            assert all(s["prompt"].endswith(("Answer:", "A:")) for s in samples), (arm, task)
             summary = json.loads((results(tiny_study) / "eval" / arm / f"{task}.json").read_text())
             metric = "acc" if task == "demo_capitals" else "f1"
             per_example = [s["metrics"][metric] for s in samples]
@@ -170,7 +172,7 @@ def mtimes(work: Path, skip: tuple[str, ...] = ()) -> dict[Path, int]:
     }
 
 
-ANALYSIS = {"aggregate", "aggregate_benchmarks", "compare", "report"}
+ANALYSIS = {"aggregate", "aggregate_benchmarks", "compare", "analyse_failures", "report"}
 
 
 def test_a_failing_arm_is_reported_and_retried_by_the_next_run(tiny_study, tmp_path):

@@ -12,6 +12,8 @@ committed files match what this script produces.
 
 capitals.jsonl      -> task ``demo_capitals``    (multiple_choice, 4 options)
 passage_qa.jsonl    -> task ``demo_passage_qa``  (generate_until, CoQA-style span QA)
+ner.jsonl           -> task ``demo_ner``         (generate_until, JSON list of [entity, type];
+                                                  the task YAML is tasks/ner/demo_ner.yaml)
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ DEFAULT_OUT = HERE / "data"
 
 CAPITALS_FILE = "capitals.jsonl"
 PASSAGE_QA_FILE = "passage_qa.jsonl"
+NER_FILE = "ner.jsonl"
 
 CAPITALS_SEED = 20240601
 PASSAGE_QA_SEED = 20240602
 N_PASSAGE_QA = 220  # 20 items per question type (11 types)
+NER_SEED = 20240603
+N_NER = 200  # 50 of them (a quarter) with no entity; the fewest the issue allows (demo time)
 N_CHOICES = 4
 N_HISTORY = 2  # CoQA-style: answered turns shown before the target question
 
@@ -487,6 +492,109 @@ def make_passage_qa(seed: int = PASSAGE_QA_SEED, n: int = N_PASSAGE_QA) -> list[
 
 
 # ---------------------------------------------------------------------------
+# Structured extraction: short sentences about synthetic people, companies and
+# cities; the gold answer is the list of [entity, type] pairs (types "person",
+# "company", "city": SmolLM2-135M writes these words far more reliably than
+# CoNLL's codes PER/ORG/LOC) in order of appearance. A quarter of the sentences hold no entity (and no
+# capitalised word but the first), so over-extraction shows on them.
+# Names come from the pools above; the organisations are invented. None of them
+# appears in the task's instruction (tasks/ner/demo_ner.yaml).
+# ---------------------------------------------------------------------------
+ORGS = [
+    "Nordbank",
+    "Helix Motors",
+    "Bluewave Foods",
+    "Orion Labs",
+    "Greenfield Bank",
+    "Atlas Airlines",
+    "Pinecrest Hotels",
+    "Silverline Rail",
+    "Kestrel Media",
+    "Summit Insurance",
+    "Redwood Press",
+    "Polar Telecom",
+]
+NER_CITIES = CITIES + ["Madrid", "Vienna", "Prague", "Athens", "Cairo", "Tokyo", "Lima", "Quito"]
+# template -> its slots in order; {per}/{per2} people, {org} organisations, {loc}/{loc2} places
+NER_TEMPLATES = [
+    "{per} works for {org} in {loc}.",
+    "{per} moved to {loc} last year.",
+    "{org} opened a new office in {loc}.",
+    "{per} met {per2} in {loc}.",
+    "{per} joined {org} in the spring.",
+    "{org} hired {per} as a manager.",
+    "{per} flew from {loc} to {loc2}.",
+    "{per} called {per2} yesterday.",
+    "{org} is based in {loc}.",
+    "{per} left {org} after ten years.",
+    "A spokesman for {org} said the deal was done.",
+    "{per} was born in {loc}.",
+]
+NER_EMPTY_SUBJECTS = [
+    "The old man",
+    "My neighbour",
+    "The children",
+    "A small dog",
+    "The teacher",
+    "Our team",
+    "The farmer",
+    "His sister",
+    "The new driver",
+    "Her father",
+]
+NER_EMPTY_PREDICATES = [
+    "was late again",
+    "bought fresh bread",
+    "walked to the park",
+    "slept until noon",
+    "fixed the broken door",
+    "painted the fence",
+    "lost the keys",
+    "cooked a large dinner",
+    "won the game",
+    "read a long book",
+]
+NER_EMPTY_TIMES = ["yesterday", "this morning", "last week", "on the weekend", "after lunch", ""]
+
+
+def _ner_person(rng: random.Random) -> str:
+    return f"{rng.choice(FEMALE_NAMES + MALE_NAMES)} {rng.choice(SURNAMES)}"
+
+
+def _ner_sentence(rng: random.Random, template: str) -> tuple[str, list[list[str]]]:
+    """A sentence from a template and its gold [entity, type] pairs, in order of appearance."""
+    per = _ner_person(rng)
+    per2 = _ner_person(rng)
+    while per2 == per:
+        per2 = _ner_person(rng)
+    loc, loc2 = rng.sample(NER_CITIES, 2)
+    values = {"per": (per, "person"), "per2": (per2, "person"), "org": (rng.choice(ORGS), "company"),
+              "loc": (loc, "city"), "loc2": (loc2, "city")}  # fmt: skip
+    slots = [s.split("}")[0] for s in template.split("{")[1:]]
+    sentence = template.format(**{k: v[0] for k, v in values.items()})
+    return sentence, [list(values[s]) for s in slots]
+
+
+def make_ner(seed: int = NER_SEED, n: int = N_NER) -> list[dict]:
+    """n sentences, every fourth with no entity, the rest from NER_TEMPLATES in turn."""
+    rng = random.Random(seed)
+    items: list[dict] = []
+    for i in range(n):
+        if i % 4 == 3:
+            time = rng.choice(NER_EMPTY_TIMES)
+            words = [rng.choice(NER_EMPTY_SUBJECTS), rng.choice(NER_EMPTY_PREDICATES), time]
+            sentence, entities = " ".join(w for w in words if w) + ".", []
+            kind = "empty"
+        else:
+            template = NER_TEMPLATES[(i - i // 4) % len(NER_TEMPLATES)]
+            sentence, entities = _ner_sentence(rng, template)
+            kind = "entities"
+        items.append({"id": f"ner-{i:04d}", "kind": kind, "sentence": sentence,
+                      "entities": entities})  # fmt: skip
+    return items
+
+
+# ---------------------------------------------------------------------------
 def dumps_jsonl(items: list[dict]) -> bytes:
     return "".join(json.dumps(it, ensure_ascii=True) + "\n" for it in items).encode("ascii")
 
@@ -496,6 +604,7 @@ def build_all() -> dict[str, bytes]:
     return {
         CAPITALS_FILE: dumps_jsonl(make_capitals()),
         PASSAGE_QA_FILE: dumps_jsonl(make_passage_qa()),
+        NER_FILE: dumps_jsonl(make_ner()),
     }
 
 
