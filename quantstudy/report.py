@@ -207,6 +207,8 @@ def runtime_sentence(decision: pd.DataFrame) -> str | None:
     """Which arms llama.cpp ran (method gguf), and whether the study can tell its runtime apart
     from its quantization: an unquantized GGUF arm (16 or 32 bits) is the baseline's weights in
     llama.cpp, so its verdicts are the runtime's alone. None without GGUF arms."""
+    if "method" not in decision.columns:
+        return None
     gguf = decision[decision["method"] == "gguf"]
     if gguf.empty:
         return None
