@@ -173,10 +173,10 @@ def _llmcompressor_recipe(arm: Fp8Arm | W8A8Arm) -> list:
 def _llmcompressor_oneshot(
     model, tokenizer, arm: LlmCompressorArm | Fp8Arm | W8A8Arm, texts: list[str]
 ) -> None:
-    """The one place that calls llm-compressor, in place: GPTQ or AWQ (+ round-to-group), FP8
-    (data-free: no texts) or SmoothQuant + GPTQ for W8A8."""
+    """The one place that decides how llm-compressor runs, in place: GPTQ or AWQ
+    (+ round-to-group), FP8 (data-free: no texts) or SmoothQuant + GPTQ for W8A8; the calibrated
+    ones through `_calibrated_oneshot`."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -187,22 +187,7 @@ def _llmcompressor_oneshot(
             oneshot(model=model, recipe=_llmcompressor_recipe(arm))
         return
     if isinstance(arm, W8A8Arm):
-        recipe = _llmcompressor_recipe(arm)
-        seq_len = arm.calibration.seq_len
-        encoded = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=False)
-        dataset = Dataset.from_dict(
-            {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        )
-        with _no_pinning_without_accelerator():
-            oneshot(
-                model=model,
-                tokenizer=tokenizer,
-                dataset=dataset,
-                recipe=recipe,
-                max_seq_length=seq_len,
-                num_calibration_samples=len(texts),
-                shuffle_calibration_samples=False,
-            )
+        _calibrated_oneshot(model, tokenizer, _llmcompressor_recipe(arm), texts, arm.calibration)
         return
     scheme = QuantizationScheme(
         targets=["Linear"],
@@ -226,7 +211,16 @@ def _llmcompressor_oneshot(
             AWQModifier(),
             QuantizationModifier(config_groups=groups, ignore=list(arm.ignore)),
         ]
-    seq_len = arm.calibration.seq_len
+    _calibrated_oneshot(model, tokenizer, recipe, texts, arm.calibration)
+
+
+def _calibrated_oneshot(model, tokenizer, recipe, texts: list[str], calibration) -> None:
+    """llm-compressor's oneshot over the calibration texts, each cut to `calibration.seq_len`
+    tokens, in the order given."""
+    from datasets import Dataset
+    from llmcompressor import oneshot
+
+    seq_len = calibration.seq_len
     encoded = tokenizer(texts, truncation=True, max_length=seq_len, add_special_tokens=False)
     dataset = Dataset.from_dict(
         {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
@@ -616,7 +610,7 @@ def quantize_gguf(
         "bits": arm.bits,
         "parameters": arm.params(),
         "seconds": seconds,
-        "device": device_record("cpu") | {"used": "cpu", "runtime": "llama.cpp"},
+        "device": device_record("cpu") | {"used": "cpu", "runtime": "llama.cpp"} | bnb_cpu_record(),
         "disk_bytes": disk_bytes(files),
         "memory_bytes": gguf_bytes(out_dir / "model.gguf"),
         "sha256": sha256_files(files, out_dir),
