@@ -258,10 +258,11 @@ def _dequantized_rows(reader, name: str, rows: int) -> np.ndarray:
 
 def error_bound(ggml_type: str) -> float:
     """The largest relative RMS error (‖dequantized − original‖ / ‖original‖) a tensor of this
-    type may show against the unquantized file: twice the error of uniform rounding with
-    2^b levels over a block's range (b the type's bits per weight, rounded down), i.e.
-    2 · 2/(2^b · √12) · (absmax/rms ≤ √block); a loose bound that real quantizations meet by a
-    wide margin and that an unrelated or zeroed tensor (error ≈ 1 or more) fails."""
+    type may show against the unquantized file: that of rounding to 2^b levels spread evenly over
+    a block's range [−absmax, absmax] (step 2·absmax/2^b, RMS error step/√12), b the type's bits
+    per weight rounded down, with absmax at its largest, √block times the block's RMS. Real
+    quantizations stay well inside it (Q8_0 0.0067 against 0.0128 here, Q5_0 0.052 against
+    0.102); a tensor of another model, or zeroed data, is about 1 or more."""
     import math
 
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -270,7 +271,7 @@ def error_bound(ggml_type: str) -> float:
         return 1e-2  # bf16 holds 8 bits of mantissa
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
     bits = max(1, math.floor(8 * size / block))
-    return min(1.0, 2 * 2 / (2**bits * math.sqrt(12)) * math.sqrt(block) / 2)
+    return min(1.0, 2 / (2**bits * math.sqrt(12)) * math.sqrt(block))
 
 
 def verify_gguf(
