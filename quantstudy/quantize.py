@@ -63,6 +63,11 @@ def _skipped(name: str, skip: tuple[str, ...]) -> bool:
     return any(name == s or name.endswith("." + s) or name.split(".")[-1] == s for s in skip)
 
 
+def relative_max_diff(after: torch.Tensor, before: torch.Tensor) -> float:
+    """How far the probe's logits moved: the largest absolute change over the largest logit."""
+    return float((after - before).abs().max() / before.abs().max().clamp_min(1e-6))
+
+
 @torch.inference_mode()
 def probe_logits(model, tokenizer) -> torch.Tensor:
     """Last-position logits of the fixed probe text, as float32 on the CPU."""
@@ -537,7 +542,7 @@ def quantize_arm(
     memory = footprint(reloaded)  # as loaded: a repack changes the quant state's size
     facts = verify_arm(arm, reloaded, out_dir, source_linears)
     after = probe_logits(reloaded, tokenizer)
-    probe_diff = float((after - before).abs().max() / before.abs().max().clamp_min(1e-6))
+    probe_diff = relative_max_diff(after, before)
     if saved_check is not None and saved_check["problems"]:
         raise AssertionError(
             f"arm {arm.name}: the saved weights are not the ones quantized in memory: "
@@ -552,6 +557,28 @@ def quantize_arm(
             f"arm {arm.name}: reloaded logits differ from the saved model's by {probe_diff:.3g} "
             f"(relative max), more than {probe_tolerance}"
         )
+    return write_arm_record(
+        arm, out_dir, seconds, source_sha256,
+        device=device_record(device) | {"used": device} | bnb_cpu_record(reloaded),
+        memory=memory, verified=facts, probe_diff=probe_diff, saved_check=saved_check,
+    )  # fmt: skip
+
+
+def write_arm_record(
+    arm: Arm,
+    out_dir: Path,
+    seconds: float,
+    source_sha256: dict[str, str],
+    *,
+    device: dict[str, Any],
+    memory: dict[str, int],
+    verified: dict[str, Any],
+    probe_diff: float | None,
+    saved_check: dict[str, Any] | None,
+    versions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write and return the arm's quantize.json: what was built, from which source, on what, and
+    the SHA-256 of every weight file in `out_dir` (checked before every later load)."""
     files = dir_weight_files(out_dir)
     record = {
         "arm": arm.name,
@@ -559,15 +586,15 @@ def quantize_arm(
         "bits": arm.bits,
         "parameters": arm.params(),
         "seconds": seconds,
-        "device": device_record(device) | {"used": device} | bnb_cpu_record(reloaded),
+        "device": device,
         "disk_bytes": disk_bytes(files),
         "memory_bytes": memory,
         "sha256": sha256_files(files, out_dir),
         "source_sha256": source_sha256,
-        "verified": facts,
+        "verified": verified,
         "reload_probe_rel_diff": probe_diff,
         "compression_check": saved_check,
-        "versions": package_versions(),
+        "versions": package_versions() | (versions or {}),
         "code_version": code_version(),
     }
     write_json(out_dir / "quantize.json", record)
@@ -587,7 +614,7 @@ def quantize_gguf(
     together, so not held to a tolerance)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .gguf import build_gguf_arm, gguf_bytes, llama_cpp_build
+    from .gguf import MODEL_FILE, build_gguf_arm, gguf_bytes, llama_cpp_build
     from .llamacpp import LlamaCppModel
 
     texts = None if arm.calibration is None else calibration_texts(arm, root)
@@ -599,28 +626,12 @@ def quantize_gguf(
         raise AssertionError(f"arm {arm.name}: llama.cpp's probe logits are not finite")
     reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     before = probe_logits(reference, tokenizer)
-    facts["probe_vs_source_rel_diff"] = float(
-        (after - before).abs().max() / before.abs().max().clamp_min(1e-6)
-    )
+    facts["probe_vs_source_rel_diff"] = relative_max_diff(after, before)
     facts["probe_top1_agrees"] = bool(after.argmax() == before.argmax())
-    files = dir_weight_files(out_dir)
-    record = {
-        "arm": arm.name,
-        "method": arm.method,
-        "bits": arm.bits,
-        "parameters": arm.params(),
-        "seconds": seconds,
-        "device": device_record("cpu") | {"used": "cpu", "runtime": "llama.cpp"} | bnb_cpu_record(),
-        "disk_bytes": disk_bytes(files),
-        "memory_bytes": gguf_bytes(out_dir / "model.gguf"),
-        "sha256": sha256_files(files, out_dir),
-        "source_sha256": source_sha256,
-        "verified": facts
-        | {"quantized_modules": facts["weight_matrices"] if arm.quantized else 0},  # fmt: skip
-        "reload_probe_rel_diff": None,
-        "compression_check": None,
-        "versions": package_versions() | llama_cpp_build(),
-        "code_version": code_version(),
-    }
-    write_json(out_dir / "quantize.json", record)
-    return record
+    facts["quantized_modules"] = facts["weight_matrices"] if arm.quantized else 0
+    return write_arm_record(
+        arm, out_dir, seconds, source_sha256,
+        device=device_record("cpu") | {"used": "cpu", "runtime": "llama.cpp"} | bnb_cpu_record(),
+        memory=gguf_bytes(out_dir / MODEL_FILE), verified=facts, probe_diff=None,
+        saved_check=None, versions=llama_cpp_build(),
+    )  # fmt: skip
