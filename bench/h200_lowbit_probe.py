@@ -2,10 +2,12 @@
 compile mode, with the study's own code: the benchmark's static runner and decode scenario
 (`quantstudy.benchmark`), the study's int4 conversion (`quantstudy.int4`) and loader (`load_arm`).
 
-Arms (in the order they run, each measured alone after bf16 in the same process):
-  bf16@reduce-overhead, int4 tinygemm, int4 gemlite, FP8 dynamic (compressed-tensors as
-  transformers 5.17 loads it), bf16@max-autotune, int4 tinygemm@max-autotune,
-  gemlite@max-autotune, FP8 weight-only, INT8 W8A8 (dynamic per-token activations).
+Arms are named KIND[+fused][@MODE]: KIND is bf16, an int4 kernel of quantstudy.int4 (tinygemm,
+gemlite, compiled) on a data-free W4A16 arm, fp8_dynamic / fp8_weight / w8a8 (compressed-tensors
+as transformers 5.17 loads them), fp8_dynamic_kernel (its opt-in FP8 layers) or fp8_scaled_mm
+(those layers on torch._scaled_mm); +fused fuses the q/k/v and gate/up projections
+(quantstudy.benchmark.fusion, checked against the unfused logits); MODE is the torch.compile mode
+of the decode step (default reduce-overhead). Each arm is measured alone, in the order given.
 The compressed-tensors arms are made data-free by llm-compressor's QuantizationModifier
 (round-to-nearest: speed only, says nothing about accuracy), saved compressed and loaded back
 as the workflow loads an arm. Each arm also gets a per-kernel profile of a few decode steps
@@ -184,14 +186,18 @@ def kernel_profile(runner, ids, steps=8):
     }
 
 
-def decode_ms(model, mode: str, label: str) -> dict:
+def decode_ms(model, mode: str, label: str, fused: bool = False) -> dict:
     """The benchmark's static runner (StaticCache, the step torch.compile'd), min and median of 3
-    timed decodes of NEW tokens after a 128-token prompt; then a kernel profile."""
+    timed decodes of NEW tokens after a 128-token prompt; then a kernel profile. `fused`: the
+    projections fused first, as the benchmark's static build does."""
+    from quantstudy.benchmark.fusion import fuse_checked
+
     spec = ModeSpec(
         "static", compiled=True, compile_mode=mode, dynamic=False, compile_prefill=False
     )
-    runner = make_runner(model, spec)
     ids = prompt_ids(int(model.config.vocab_size), 1, PROMPT, 0).to(DEV)
+    fusion = fuse_checked(model, ids).record if fused else None
+    runner = make_runner(model, spec)
     sample = runner.decode(ids, NEW)
     from quantstudy.benchmark.timing import Timer
 
@@ -211,6 +217,7 @@ def decode_ms(model, mode: str, label: str) -> dict:
         "ms_per_token_min": values[0],
         "samples": values,
         "first_calls_s": round(compile_s, 1),
+        "fusion": fusion,
         "profile": prof,
     }
 
@@ -229,12 +236,13 @@ def run_arm(arm: str, bw: float) -> dict:
     from quantstudy.loading import load_arm
 
     torch._dynamo.reset()
-    mode = "max-autotune" if arm.endswith("@max-autotune") else "reduce-overhead"
-    base = arm.split("@")[0]
+    base, _, mode = arm.partition("@")
+    mode = mode or "reduce-overhead"
+    base, _, fused = base.partition("+")
     rec: dict = {}
     if base == "bf16":
         model = fresh_bf16()
-    elif base in ("tinygemm", "gemlite"):
+    elif base in ("tinygemm", "gemlite", "compiled"):
         model = load_arm(quantized_dir("W4A16"), DEV, check=False)
         t = time.time()
         rec["int4"] = int4.convert_model(model, base)
@@ -258,7 +266,7 @@ def run_arm(arm: str, bw: float) -> dict:
         rec["removed_wrappers"] = remove_noop_wrappers(model)
         rec.update(describe(model))
         rec["roofline_ms"] = rec["weight_bytes_per_token"] / bw * 1e3
-        rec.update(decode_ms(model, mode, arm))
+        rec.update(decode_ms(model, mode, arm, fused == "fused"))
     rec["roofline_fraction"] = rec["roofline_ms"] / rec["ms_per_token"]
     del model
     torch.cuda.empty_cache()
@@ -267,14 +275,11 @@ def run_arm(arm: str, bw: float) -> dict:
 
 def main():
     arms = sys.argv[1:] or [
-        "bf16",
-        "tinygemm",
-        "gemlite",
-        "fp8_dynamic",
-        "tinygemm@max-autotune",
-        "w8a8",
-        "fp8_weight",
-        "gemlite@max-autotune",
+        "bf16+fused@max-autotune",
+        "compiled+fused@max-autotune",
+        "tinygemm+fused",
+        "compiled@max-autotune",
+        "bf16+fused",
         "bf16@max-autotune",
     ]
     import transformers

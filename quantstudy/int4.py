@@ -13,6 +13,12 @@ on the first forward (the study's "dense" path). Kernels offered here:
   exactly to ``q_u = q + 8`` and ``zero = -z * s`` (held in bf16, like the scales).
 - ``gemlite``: gemlite's A16W4 Triton kernels (CUDA only), which take ``W = (q_u - z_u) * s``
   directly (``z_u = z + 8``).
+- ``compiled``: the packed nibbles (uint8, two per byte), scales and zero points kept as they are,
+  and the dequantization written in torch ops before the matmul (`DequantInt4Linear`). Eager, that
+  makes a dense weight per call (slow, correct); under ``torch.compile`` with coordinate-descent
+  tuning (max-autotune) inductor rewrites a one-row matmul as a multiply-and-reduce and fuses the
+  dequantization into it, so at batch 1 the step runs one generated Triton GEMV per layer that
+  reads the 4-bit weights (`torch._inductor.decomposition.mm`).
 
 Every converted layer is checked against the dense layer compressed-tensors' own decompression
 gives (`check_layer`), on random inputs, before the model is used.
@@ -26,7 +32,7 @@ from typing import Any
 
 import torch
 
-KERNELS = ("tinygemm", "gemlite")
+KERNELS = ("tinygemm", "gemlite", "compiled")
 # What each kernel is called in records and reports: the op or module that runs.
 KERNEL_NAMES = {
     "tinygemm": {
@@ -34,11 +40,17 @@ KERNEL_NAMES = {
         "cpu": "aten._weight_int4pack_mm_for_cpu",
     },
     "gemlite": {"cuda": "gemlite A16W4 (Triton GEMV/GEMM)"},
+    "compiled": {
+        "cuda": "int4 dequantization in torch ops, fused into the matmul by torch.compile "
+        "(a generated Triton GEMV at batch 1 under max-autotune)",
+        "cpu": "int4 dequantization in torch ops, then a dense matmul",
+    },
 }
 # Largest relative error (‖y − y_ref‖ / ‖y_ref‖) of a converted layer against the dense one:
 # bf16 operands land between 1e-3 and 1e-2 in a matrix product (tinygemm: 2.6e-3 on the CPU,
 # below 1e-2 on the H200); gemlite's A16W4 kernel measured 1.9e-2 on 4096 x 4096 layers on the H200.
-TOLERANCE = {"tinygemm": 1e-2, "gemlite": 3e-2}
+# compiled: the same bf16 weight compressed-tensors decompresses to, so a plain bf16 matmul's error.
+TOLERANCE = {"tinygemm": 1e-2, "gemlite": 3e-2, "compiled": 1e-2}
 
 
 @dataclass
@@ -250,9 +262,74 @@ def to_gemlite(
     return GemliteLinear(layer, order)
 
 
+class DequantInt4Linear(torch.nn.Module):
+    """A linear layer on int4 weights kept packed two per byte (uint8, low nibble first), with
+    the dequantization ``W = (q_u - z_u) * s`` written in torch ops in front of the matmul, for
+    torch.compile to fuse (kernel ``compiled``). W is made in the compute dtype, the same rounding
+    compressed-tensors' decompression makes; eager, every call builds it (correct, slow)."""
+
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+        order: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
+        self.group_size = group_size
+        self.register_buffer("packed", packed)  # uint8 (out, in // 2): q_u of column 2j, 2j+1
+        self.register_buffer("scale", scale)  # (out, in // group_size), compute dtype
+        self.register_buffer("zero", zero)  # z_u, same shape and dtype; None: symmetric (8)
+        self.register_buffer("order", order)
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+    def weight(self) -> torch.Tensor:
+        """The dense weight (out, in) in the compute dtype."""
+        n, groups = self.scale.shape
+        q = torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(n, groups, -1)
+        zero = 8 if self.zero is None else self.zero.unsqueeze(-1)
+        w = (q.to(self.scale.dtype) - zero) * self.scale.unsqueeze(-1)
+        return w.view(n, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.order is not None:
+            x = x.index_select(-1, self.order)
+        dtype = x.dtype
+        y = torch.nn.functional.linear(x.to(self.scale.dtype), self.weight(), self.bias)
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"group_size={self.group_size}, kernel=compiled"
+        )
+
+
+def to_compiled(
+    w: Int4Weights, bias: torch.Tensor | None, dtype: torch.dtype = torch.bfloat16
+) -> DequantInt4Linear:
+    """A DequantInt4Linear holding the same int4 weights (kernel ``compiled``)."""
+    q, zero, order = _unsigned(w)
+    if q.shape[1] % 2:
+        raise ValueError(f"in_features {q.shape[1]} is odd: int4 packs two columns per byte")
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+    return DequantInt4Linear(
+        packed,
+        w.scale.to(dtype).contiguous(),
+        None if zero is None else zero.to(dtype).contiguous(),
+        w.group_size,
+        bias=None if bias is None else bias.to(dtype),
+        order=order,
+    )
+
+
 CONVERTERS: dict[str, Callable[..., torch.nn.Module]] = {
     "tinygemm": to_tinygemm,
     "gemlite": to_gemlite,
+    "compiled": to_compiled,
 }
 
 
@@ -357,3 +434,66 @@ def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None
 def has_packed_int4(model: torch.nn.Module) -> bool:
     """Whether a model holds any compressed-tensors packed int4 layer (before decompression)."""
     return any(is_packed_int4(m) for m in model.modules())
+
+
+# Stacking layers that read the same input into one (quantstudy.benchmark.fusion): the output
+# rows of each kernel's layout are contiguous slices of its buffers, so the stacked layer's
+# buffers are concatenated along them and each original layer is left holding views of the
+# stacked ones (no second copy) except where a layout is not sliceable (tinygemm's scales).
+def stack_layers(layers: list[torch.nn.Module]) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """One int4 layer computing the concatenated outputs of `layers` (same class, input, group
+    size and dtype; no column order), and a function that points each layer's buffers at views
+    of the stacked layer's. Raises ValueError where the layers cannot be stacked."""
+    first = layers[0]
+    kind = type(first)
+    if kind not in (Int4Linear, DequantInt4Linear) or any(type(m) is not kind for m in layers):
+        raise ValueError(f"cannot stack {', '.join(type(m).__name__ for m in layers)}")
+    if any(m.order is not None for m in layers):
+        raise ValueError("layers saved with activation order (g_idx) permute their inputs apart")
+    same = ("in_features", "group_size")
+    if any(getattr(m, a) != getattr(first, a) for m in layers for a in same):
+        raise ValueError("layers differ in input size or group size")
+    if len({m.bias is None for m in layers}) > 1:
+        raise ValueError("some layers have a bias and some do not")
+    bias = None if first.bias is None else torch.cat([m.bias.data for m in layers])
+    sizes = [m.out_features for m in layers]
+    if kind is Int4Linear:
+        rows = [m.out_features // m.packed.shape[0] for m in layers]  # CUDA: 8 rows per entry
+        if any(r * m.packed.shape[0] != m.out_features for r, m in zip(rows, layers)) or len(
+            set(rows)
+        ) > 1:
+            raise ValueError("tinygemm layouts differ")
+        stacked: torch.nn.Module = Int4Linear(
+            torch.cat([m.packed for m in layers]),
+            torch.cat([m.scales_and_zeros for m in layers], dim=1),
+            first.group_size,
+            first.in_features,
+            sum(sizes),
+            bias=bias,
+        )
+        names, divisors = ("packed",), (rows[0],)
+    else:
+        zeros = [m.zero for m in layers]
+        if any((z is None) != (zeros[0] is None) for z in zeros):
+            raise ValueError("symmetric and asymmetric layers")
+        stacked = DequantInt4Linear(
+            torch.cat([m.packed for m in layers]),
+            torch.cat([m.scale for m in layers]),
+            None if zeros[0] is None else torch.cat(zeros),
+            first.group_size,
+            bias=bias,
+        )
+        names = ("packed", "scale") + (() if zeros[0] is None else ("zero",))
+        divisors = (1,) * len(names)
+
+    def share() -> None:
+        start = 0
+        for layer, size in zip(layers, sizes):
+            for name, rows_per in zip(names, divisors):
+                rows = slice(start // rows_per, (start + size) // rows_per)
+                setattr(layer, name, getattr(stacked, name)[rows])
+            if bias is not None:
+                layer.bias = torch.nn.Parameter(stacked.bias.data[start : start + size], False)
+            start += size
+
+    return stacked, share

@@ -99,6 +99,32 @@ def test_tinygemm_layer_matches_the_dense_layer_on_cpu(symmetric, group):
     assert converted(x).shape == (3, 5, 96)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("actorder", [False, True])
+def test_compiled_layer_makes_compressed_tensors_own_weight(symmetric, actorder):
+    """The `compiled` kernel's dequantization in torch ops gives, bit for bit, the dense bf16
+    weight compressed-tensors decompresses to (in its column order, where g_idx permutes)."""
+    layer = packed_layer(group=32, symmetric=symmetric, actorder=actorder)
+    w = int4.unpack(layer)
+    ref = reference_with_g_idx(layer) if actorder else int4.reference_weight(layer)
+    converted = int4.to_compiled(w, None, torch.bfloat16)
+    assert converted.packed.dtype == torch.uint8 and converted.packed.shape == (96, 128)
+    assert (converted.zero is None) == symmetric
+    dense = converted.weight()
+    if actorder:  # the layer reads its inputs permuted: its weight's columns are in that order
+        dense = torch.empty_like(dense).index_copy_(1, converted.order, dense)
+    assert torch.equal(dense, ref)
+    assert int4.check_layer(converted, ref, None, torch.bfloat16) < 1e-2
+    x = torch.randn(3, 5, 256, dtype=torch.bfloat16)
+    assert converted(x).shape == (3, 5, 96)
+
+
+def test_int4_kernel_settings_name_the_kernels():
+    from quantstudy.benchmark.settings import INT4_KERNELS
+
+    assert INT4_KERNELS == ("auto", "dense", *int4.KERNELS)
+
+
 def test_tinygemm_layer_follows_g_idx():
     layer = packed_layer(group=32, symmetric=False, actorder=True)
     w = int4.unpack(layer)
@@ -150,7 +176,7 @@ def test_kernel_names():
 
 
 @needs_cuda
-@pytest.mark.parametrize("kernel", ["tinygemm", "gemlite"])
+@pytest.mark.parametrize("kernel", ["tinygemm", "gemlite", "compiled"])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("actorder", [False, True])
 def test_cuda_int4_layer_matches_the_dense_layer(kernel, symmetric, actorder):

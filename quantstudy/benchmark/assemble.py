@@ -28,11 +28,12 @@ def assemble_mode(
     if "arm" in failures:
         return {"supported": False, "reason": failures["arm"]}
     single = strategy == "single"
+    arm_spec = raw_mode.get("specs", {}).get("arm", spec)
     out: dict[str, Any] = {
         "supported": True,
         "reason": None,
         "compiled": spec.compiled,
-        "compile_mode": spec.compile_mode,
+        "compile_mode": arm_spec.compile_mode,  # the arm's (each model's: builds)
         "prefill_compiled": spec.compile_prefill,
         "description": spec.description,
         "baseline_supported": single or "baseline" not in failures,
@@ -40,6 +41,7 @@ def assemble_mode(
         "prefill": [],
         "decode": None,
         "throughput": [],
+        "builds": raw_mode.get("builds"),
     }
     for key, scenario in raw_mode["scenarios"].items():
         kind = key[0]

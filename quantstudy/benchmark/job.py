@@ -117,6 +117,7 @@ def run_benchmark(
             unload("baseline")
             log.warning("%s; measuring one after the other", strategy_reason)
 
+    chosen: dict = {}  # each model's compile mode, chosen once (static) and kept (dense)
     with torch.inference_mode():
         if strategy == "interleaved":
             check_vocab(loaded)
@@ -128,6 +129,7 @@ def run_benchmark(
                 timer,
                 device,
                 MAIN_MODES,
+                chosen,
             )
         elif strategy == "sequential":
             load("baseline", baseline_dir)
@@ -166,7 +168,7 @@ def run_benchmark(
             pair = {"arm": loaded["arm_dense"]}
             if "baseline" in loaded:
                 pair["baseline"] = loaded["baseline"]
-            raw_dense = run_modes(pair, settings, vocab, timer, device, ("dense",))["dense"]
+            raw_dense = run_modes(pair, settings, vocab, timer, device, ("dense",), chosen)["dense"]
             unload("arm_dense")
             dense_models = {**models_out, "arm": models_out["arm_dense"]}
             modes["dense"] = assemble_mode(

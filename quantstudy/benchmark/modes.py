@@ -26,6 +26,8 @@ class ModeSpec:
     dynamic: bool | None = False
     compile_prefill: bool = False
     backend: str = "inductor"
+    fuse: bool = False  # q/k/v and gate/up projections fused where the layers allow (fusion.py)
+    try_compile_modes: tuple[str, ...] = ()  # more modes each model's step is built with
 
     @property
     def description(self) -> str:
@@ -37,11 +39,23 @@ class ModeSpec:
         if not self.compiled:
             return "own greedy loop over transformers StaticCache, not compiled"
         which = "every forward" if self.compile_prefill else "decode steps (prefill eager)"
+        mode = repr(self.compile_mode)
+        if self.try_compile_modes:
+            modes = ", ".join(repr(m) for m in self.compile_modes)
+            mode = f"the fastest decode step of {modes} per model"
+        fused = "; q/k/v and gate/up projections fused where the layers allow" if self.fuse else ""
         return (
             "own greedy loop over transformers StaticCache, "
-            f"{which} torch.compile(backend={self.backend!r}, mode={self.compile_mode!r}, "
-            f"fullgraph=True, dynamic={self.dynamic})"
+            f"{which} torch.compile(backend={self.backend!r}, mode={mode}, "
+            f"fullgraph=True, dynamic={self.dynamic}){fused}"
         )
+
+    @property
+    def compile_modes(self) -> tuple[str, ...]:
+        """The compile modes each model's step is built with (the first is the default)."""
+        if not self.compiled or self.backend != "inductor":
+            return ()
+        return (self.compile_mode, *(m for m in self.try_compile_modes if m != self.compile_mode))
 
 
 def mode_spec(name: str, settings: Mapping[str, Any], device: torch.device) -> ModeSpec:
@@ -52,19 +66,18 @@ def mode_spec(name: str, settings: Mapping[str, Any], device: torch.device) -> M
         return replace(mode_spec("static", settings, device), name="dense")
     if name != "static":
         raise ValueError(f"unknown mode {name!r}")
-    compile_ = settings["static"]["compile"]
-    compiled = device.type == "cuda" if compile_ == "auto" else bool(compile_)
+    static = settings["static"]
+    compiled = device.type == "cuda" if static["compile"] == "auto" else bool(static["compile"])
+    inductor = compiled and static["backend"] == "inductor"
     return ModeSpec(
         "static",
         compiled=compiled,
-        compile_mode=(
-            settings["static"]["compile_mode"]
-            if compiled and settings["static"]["backend"] == "inductor"
-            else None
-        ),
-        dynamic=settings["static"]["dynamic"],
-        compile_prefill=compiled and bool(settings["static"]["compile_prefill"]),
-        backend=settings["static"]["backend"],
+        compile_mode=static["compile_mode"] if inductor else None,
+        dynamic=static["dynamic"],
+        compile_prefill=compiled and bool(static["compile_prefill"]),
+        backend=static["backend"],
+        fuse=compiled if static["fuse_projections"] == "auto" else bool(static["fuse_projections"]),
+        try_compile_modes=tuple(static["try_compile_modes"]) if inductor else (),
     )
 
 

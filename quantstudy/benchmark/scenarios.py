@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -64,18 +65,20 @@ def attempt(result: dict[str, Any], fn: Callable[[], T], device: torch.device) -
 
 def _contest(
     models: Mapping[str, Any],
-    spec: ModeSpec,
+    spec: ModeSpec | Mapping[str, ModeSpec],
     make: Callable[[Any], Sample],
     warmup: int,
     repeats: int,
     timer: TimerFn,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Measure one scenario on every model: warm-ups, then `repeats` timed samples interleaved in
-    the mapping's order. Returns {"order": [name per timed call], "results": {name: result}}."""
-    if spec.compiled:
+    """Measure one scenario on every model (each under its own spec where `spec` maps names to
+    specs): warm-ups, then `repeats` timed samples interleaved in the mapping's order. Returns
+    {"order": [name per timed call], "results": {name: result}}."""
+    specs = spec if isinstance(spec, Mapping) else dict.fromkeys(models, spec)
+    if any(specs[name].compiled for name in models):
         warmup = max(warmup, 3)  # compile + eager run, CUDA-graph recording, first replay
-    runners = {name: make_runner(model, spec) for name, model in models.items()}
+    runners = {name: make_runner(model, specs[name]) for name, model in models.items()}
     results = {name: new_result(warmup, repeats) for name in models}
     order: list[str] = []
     samples: dict[str, Sample | None] = {}
@@ -123,11 +126,14 @@ def _contest(
     return {"order": order, "results": results}
 
 
+Specs = ModeSpec | Mapping[str, ModeSpec]
+
+
 def time_prefill(
     models: Mapping[str, Any],
     ids: torch.Tensor,
     *,
-    spec: ModeSpec | None = None,
+    spec: Specs | None = None,
     warmup: int = 3,
     repeats: int = 5,
     timer: TimerFn | None = None,
@@ -145,7 +151,7 @@ def time_decode(
     ids: torch.Tensor,
     new_tokens: int,
     *,
-    spec: ModeSpec | None = None,
+    spec: Specs | None = None,
     warmup: int = 3,
     repeats: int = 5,
     timer: TimerFn | None = None,
@@ -170,7 +176,7 @@ def throughput(
     ids: torch.Tensor,
     new_tokens: int,
     *,
-    spec: ModeSpec | None = None,
+    spec: Specs | None = None,
     warmup: int = 3,
     repeats: int = 5,
     timer: TimerFn | None = None,
@@ -227,10 +233,12 @@ def _run_scenario(key: tuple, models, spec, settings, vocab, timer, device) -> d
 
 
 def run_modes(
-    models: Mapping[str, Any], settings, vocab, timer, device, modes=MODES
+    models: Mapping[str, Any], settings, vocab, timer, device, modes=MODES, chosen=None
 ) -> dict[str, Any]:
     """Every planned scenario of each of `modes`, models interleaved. A model that fails (not out
-    of memory) in a mode is dropped from that mode's remaining scenarios; its reason is kept."""
+    of memory) in a mode is dropped from that mode's remaining scenarios; its reason is kept.
+    Each model's step in a static-like mode is built first (`build_steps`; `chosen` keeps each
+    model's compile-mode choice for later calls); its fused layers are put back after the mode."""
     raw: dict[str, Any] = {}
     for mode in modes:
         plan = _scenario_plan(settings, mode)
@@ -240,19 +248,86 @@ def run_modes(
         active = dict(models)
         failures: dict[str, str] = {}
         scenarios: dict[tuple, Any] = {}
-        for key in plan:
-            if not active:
-                break
-            log.info("mode %s, scenario %s: %s", mode, key, ", ".join(active))
-            scenario = _run_scenario(key, active, spec, settings, vocab, timer, device)
-            scenarios[key] = scenario
-            for name, result in scenario["results"].items():
-                if result["error"]:
-                    failures[name] = f"{'/'.join(map(str, key))}: {result['error']}"
-                    active.pop(name)
-                    log.warning("%s cannot run mode %s: %s", name, mode, failures[name])
-        raw[mode] = {"spec": spec, "failures": failures, "scenarios": scenarios, "plan": plan}
+        specs, builds, undo = build_steps(models, spec, settings, vocab, timer, device, chosen)
+        try:
+            for key in plan:
+                if not active:
+                    break
+                log.info("mode %s, scenario %s: %s", mode, key, ", ".join(active))
+                scenario = _run_scenario(key, active, specs, settings, vocab, timer, device)
+                scenarios[key] = scenario
+                for name, result in scenario["results"].items():
+                    if result["error"]:
+                        failures[name] = f"{'/'.join(map(str, key))}: {result['error']}"
+                        active.pop(name)
+                        log.warning("%s cannot run mode %s: %s", name, mode, failures[name])
+        finally:
+            for fn in undo:
+                fn()
+        raw[mode] = {
+            "spec": spec,
+            "specs": specs,
+            "builds": builds,
+            "failures": failures,
+            "scenarios": scenarios,
+            "plan": plan,
+        }
     return raw
+
+
+def build_steps(
+    models: Mapping[str, Any], spec: ModeSpec, settings, vocab, timer, device, chosen=None
+) -> tuple[dict[str, ModeSpec], dict[str, Any] | None, list[Callable[[], None]]]:
+    """How each model's step is built in a static-like mode: its projections fused where the spec
+    says so and its layers allow (`fusion.fuse_checked`, on the decode prompt), then, where the
+    spec lists more than one compile mode, each mode timed on a short decode (the decode
+    scenario's prompt and tokens, three warm-ups and two timed runs) and the fastest kept.
+    A model found in `chosen` (model: (compile mode, tried)) keeps the choice made before, and
+    each choice made here is added to it. Returns (spec per model, the builds' record per model or
+    None where nothing is chosen or fused, functions that undo the fusions)."""
+    chosen = {} if chosen is None else chosen
+    specs = dict.fromkeys(models, spec)
+    if spec.name == "eager" or not (spec.fuse or len(spec.compile_modes) > 1):
+        return specs, None, []
+    from .fusion import fuse_checked
+
+    sec = settings["decode"]
+    ids = prompt_ids(vocab, sec["batch_size"], sec["prompt_length"], settings["seed"]).to(device)
+    builds: dict[str, Any] = {}
+    undo: list[Callable[[], None]] = []
+    for name, model in models.items():
+        if getattr(model, "runtime", None) == "llama.cpp":
+            continue
+        build: dict[str, Any] = {"compile_mode": spec.compile_mode, "fusion": None, "tried": None}
+        if spec.fuse:
+            fusion = fuse_checked(model, ids)
+            undo.append(fusion.undo)
+            build["fusion"] = fusion.record
+        if len(spec.compile_modes) > 1 and model in chosen:
+            build["compile_mode"], build["tried"] = chosen[model]
+            specs[name] = replace(spec, compile_mode=build["compile_mode"])
+        elif len(spec.compile_modes) > 1:
+            tried: dict[str, Any] = {}
+            for mode in spec.compile_modes:
+                log.info("building %s's step with compile mode %s", name, mode)
+                candidate = replace(spec, compile_mode=mode)
+                result = time_decode(
+                    {name: model}, ids, sec["new_tokens"], spec=candidate, warmup=3, repeats=2,
+                    timer=timer,
+                )["results"][name]  # fmt: skip
+                times = result["values"].get("ms_per_token")
+                tried[mode] = {
+                    "ms_per_token": min(times) if times else None,
+                    "error": result["error"] or ("out of memory" if result["oom"] else None),
+                }
+            timed = {m: t["ms_per_token"] for m, t in tried.items() if t["ms_per_token"]}
+            if timed:
+                build["compile_mode"] = min(timed, key=timed.get)
+                specs[name] = replace(spec, compile_mode=build["compile_mode"])
+            build["tried"] = tried
+            chosen[model] = (build["compile_mode"], tried)
+        builds[name] = build
+    return specs, builds, undo
 
 
 def merge_raw(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +343,13 @@ def merge_raw(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
                     "order": [n for p in parts for n in p["order"]],
                     "results": {n: r for p in parts for n, r in p["results"].items()},
                 }
-        merged[mode] = a | {"failures": a["failures"] | b["failures"], "scenarios": scenarios}
+        builds = {**(a.get("builds") or {}), **(b.get("builds") or {})} or None
+        merged[mode] = a | {
+            "failures": a["failures"] | b["failures"],
+            "scenarios": scenarios,
+            "specs": {**a.get("specs", {}), **b.get("specs", {})},
+            "builds": builds,
+        }
     return merged
 
 

@@ -12,8 +12,9 @@ MODES = ("eager", "static", "dense")
 # bf16), beside the int4 kernel's static mode, so the cost of decompressing stays visible; it
 # runs only where the arm's int4 layers went to an int4 kernel, and has no largest-batch search.
 LARGEST_BATCH_MODES = ("eager", "static")
-# Values of settings.int4_kernel: quantstudy.int4's kernels, dense (no conversion), or auto.
-INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite")
+# Values of settings.int4_kernel: quantstudy.int4.KERNELS, dense (no conversion), or auto (kept
+# literal here so that reading settings imports no torch; a test holds the two together).
+INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite", "compiled")
 # Letters of the `order` strings: which model each timed call measured.
 LETTERS = {"arm": "A", "baseline": "B"}
 
@@ -24,8 +25,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "interleave": "auto",  # true: both models resident; false: one after the other; auto: true unless it does not fit
     "remove_noop_wrappers": True,  # compressed-tensors wrappers that change nothing (remove_noop_wrappers)
     # GPTQ/AWQ (compressed-tensors packed int4) arms: the int4 kernel they run (quantstudy.int4):
-    # tinygemm, gemlite, or dense (transformers decompresses to bf16); auto: tinygemm on CUDA,
-    # dense on the CPU
+    # tinygemm, gemlite, compiled (dequantization fused by torch.compile), or dense (transformers
+    # decompresses to bf16); auto: tinygemm on CUDA, dense on the CPU
     "int4_kernel": "auto",
     "prefill": {
         "modes": ["eager", "static"],
@@ -68,6 +69,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "backend": "inductor",  # another torch.compile backend ("eager": tracing only) ignores compile_mode
         "dynamic": False,  # passed to torch.compile; False compiles one graph per shape
         "compile_prefill": True,  # false: prefill forwards run eager, decode steps compiled
+        # more compile modes to build each model's decode step with (e.g. [max-autotune]): every
+        # model keeps the mode whose step decoded fastest (a short timed decode per mode; each
+        # model's choice and the times are in the record's modes.<mode>.builds)
+        "try_compile_modes": [],
+        # one matmul for the q/k/v projections and one for gate/up where the layers allow
+        # (quantstudy.benchmark.fusion; checked against the unfused logits); auto: where compiled
+        "fuse_projections": "auto",
     },
     "bandwidth": {
         "bytes": None,  # size of each of the two buffers; None: 1 GiB on CUDA, 256 MiB on the CPU
@@ -110,6 +118,8 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
         raise ValueError(f"settings.int4_kernel: one of {', '.join(INT4_KERNELS)}")
     if out["static"]["compile"] not in ("auto", True, False):
         raise ValueError("settings.static.compile: one of 'auto', true, false")
+    if out["static"]["fuse_projections"] not in ("auto", True, False):
+        raise ValueError("settings.static.fuse_projections: one of 'auto', true, false")
     return out
 
 
