@@ -136,7 +136,7 @@ BENCH_COLUMNS = [
     "batch_size", "prompt_length", "new_tokens", "median", "min", "max", "unit",
     "baseline_median", "ratio_to_baseline", "ratio_kind", "roofline_ms", "roofline_fraction",
     "peak_allocated_bytes", "peak_reserved_bytes", "peak_allocated_own_bytes", "oom",
-    "int4_kernel",
+    "int4_kernel", "step_build", "baseline_step_build",
 ]  # fmt: skip
 
 _SCENARIO_VALUE = {"prefill": ("ms", "ms"), "decode": ("ms_per_token", "ms/token"),
@@ -146,6 +146,30 @@ _SCENARIO_VALUE = {"prefill": ("ms", "ms"), "decode": ("ms_per_token", "ms/token
 def _stat(rec: dict[str, Any] | None, key: str) -> dict[str, float]:
     value = (rec or {}).get(key) or {}
     return {k: _number(value.get(k)) for k in ("median", "min", "max")}
+
+
+def step_build(build: dict[str, Any] | None) -> str | None:
+    """How a model's step was built in a static-like mode (the record's modes.<mode>.builds
+    entry), in words: the compile mode kept (of those tried) and the projections fused."""
+    if not build:
+        return None
+    words = [build.get("compile_mode") or "not compiled"]
+    tried = build.get("tried") or {}
+    if tried:
+        times = ", ".join(
+            f"{mode} {t['ms_per_token']:.3f}" if t.get("ms_per_token") else f"{mode} failed"
+            for mode, t in tried.items()
+        )
+        words[0] += f" (fastest of {times} ms/token)"
+    fusion = build.get("fusion")
+    if fusion:
+        fused = {k: v for k, v in (fusion.get("fused") or {}).items() if v}
+        words.append(
+            "fused " + ", ".join(f"{k} x{v}" for k, v in fused.items())
+            if fused
+            else f"not fused: {fusion.get('reason')}"
+        )
+    return "; ".join(words)
 
 
 def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,6 +194,11 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
         if not res.get("supported", False):
             rows.append({**base, "mode": mode, "supported": False, "reason": res.get("reason")})
             continue
+        builds = res.get("builds") or {}
+        built = {
+            "step_build": step_build(builds.get("arm")),
+            "baseline_step_build": step_build(builds.get("baseline")),
+        }
         for scenario, (key, unit) in _SCENARIO_VALUE.items():
             entries = res.get(scenario)
             entries = [entries] if isinstance(entries, dict) else entries or []
@@ -180,6 +209,7 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         **base,
+                        **built,
                         "mode": mode,
                         "supported": True,
                         "reason": None,

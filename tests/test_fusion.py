@@ -62,6 +62,10 @@ def test_fused_model_gives_the_unfused_logits_and_undo_restores_it():
     assert attn.q_proj is q_before and type(attn.k_proj) is torch.nn.Linear
     assert torch.equal(model(input_ids=IDS).logits, want)
     assert memory.footprint(model)["total"] == before
+    # each layer has its own storage again, not a view of the stacked weight
+    for layer in (attn.q_proj, attn.k_proj, attn.v_proj, model.model.layers[1].mlp.up_proj):
+        assert layer.weight.untyped_storage().nbytes() == layer.weight.nbytes
+        assert isinstance(layer.weight, torch.nn.Parameter)
 
 
 @torch.no_grad()
@@ -88,6 +92,7 @@ def test_stacked_int4_layers_compute_each_layer_s_rows(kernel, symmetric):
     assert stacked.out_features == 256
     assert torch.equal(stacked(x), want)
     share()  # the layers now read views of the stacked buffers, with the same results
+    assert all(layer.packed.untyped_storage().nbytes() > layer.packed.nbytes for layer in layers)
     assert layers[1].packed.data_ptr() != stacked.packed.data_ptr()
     assert layers[1].packed.untyped_storage().data_ptr() == stacked.packed.data_ptr()
     assert torch.equal(torch.cat([layer(x) for layer in layers], dim=-1), want)
@@ -194,3 +199,34 @@ def test_the_fastest_compile_mode_is_kept_per_model_and_recorded(tmp_path):
     assert build["fusion"]["max_rel_error"] < 1e-5
     assert "fastest decode step of 'default', 'max-autotune-no-cudagraphs'" in static["description"]
     assert "projections fused" in static["description"]
+    # tables/benchmark.csv says how each model's step was built
+    from quantstudy.aggregate import bench_rows, step_build
+
+    row = next(r for r in bench_rows(rec) if r.get("scenario") == "decode")
+    assert row["step_build"] == step_build(build)
+    assert row["step_build"].startswith(f"{fastest} (fastest of default ")
+    assert row["step_build"].endswith("ms/token); fused qkv x1, gate_up x1")
+    assert step_build(None) is None
+    assert step_build({"compile_mode": None, "tried": None, "fusion": {"fused": {"qkv": 0},
+                       "reason": "Linear4bit layers are not stacked"}}) == (
+        "not compiled; not fused: Linear4bit layers are not stacked"
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def test_a_stacked_layer_off_the_separate_ones_is_not_used(monkeypatch):
+    """The layer check can fail: a stack whose rows come out in the wrong order is refused."""
+    model = tiny_llama()
+    want = model(input_ids=IDS).logits
+    real = fusion.stack_linears
+
+    def reversed_rows(layers):
+        stacked, share = real(layers)
+        stacked.weight.data = stacked.weight.data.flip(0)
+        return stacked, share
+
+    monkeypatch.setattr(fusion, "stack_linears", reversed_rows)
+    fused = fusion.fuse_checked(model, IDS)
+    assert fused.record["fused"] == {"qkv": 0, "gate_up": 0}
+    assert fused.record["not_fused"] == {"stacked layer off the separate ones by more than 0.01": 4}
+    assert torch.equal(model(input_ids=IDS).logits, want)

@@ -8,8 +8,10 @@ The model's own forward code is kept: the first projection of a group is replace
 return theirs, which they check were computed from the very tensor they are given (a model that
 called them in another order or on other inputs fails, and `fuse_checked` then leaves it
 unfused). Every stacked layer is checked against the layers it replaces on random inputs. The
-original layers are left holding views of the stacked weights, so fusing costs no second copy
-and `Fusion.undo` puts them back as they were (eager mode runs them unfused).
+original layers are left holding views of the stacked weights, so fusing costs no second copy;
+`Fusion.undo` puts them back, each given its own copy again (eager mode runs them unfused). Left
+as views, they once made an 8B bf16 step compiled with max-autotune run at 8.75 ms per token on the
+H200, against 5.03 ms measured earlier (another H200) over layers in their own storage.
 
 Why layer by layer and not the model's logits: a wider matrix may take another GEMM algorithm,
 whose bf16 rounding differs in the last bit, and through the 32 layers of a random-weight 8B
@@ -175,11 +177,7 @@ def fuse_projections(model: torch.nn.Module) -> Fusion:
             ]
             for name, new in zip(names, replacements):
                 setattr(parent, name, new)
-            fusion._undo.append(
-                lambda p=parent, old=dict(zip(names, layers)): [
-                    setattr(p, n, m) for n, m in old.items()
-                ]
-            )
+            fusion._undo.append(lambda p=parent, old=dict(zip(names, layers)): _put_back(p, old))
             fusion.fused[kind] += 1
     fusion.max_rel_error = max(errors) if errors else None
     if not any(fusion.fused.values()):
@@ -204,6 +202,20 @@ def fuse_checked(model: torch.nn.Module, ids: torch.Tensor) -> Fusion:
         fusion.fused = dict.fromkeys(GROUPS, 0)
         fusion.reason = f"the fused model failed: {failure}"
     return fusion
+
+
+def _put_back(parent: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> None:
+    """Put the original layers back on `parent`, each tensor that is a view of a stacked one
+    copied into storage of its own (the stacked tensor is freed with its last view)."""
+    for name, layer in layers.items():
+        setattr(parent, name, layer)
+        for key, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
+            if tensor is None or tensor.untyped_storage().nbytes() == tensor.nbytes:
+                continue
+            own = tensor.data.clone()
+            if isinstance(tensor, torch.nn.Parameter):
+                own = torch.nn.Parameter(own, requires_grad=False)
+            setattr(layer, key, own)
 
 
 def _any_group(model: torch.nn.Module) -> bool:
