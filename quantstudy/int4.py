@@ -459,9 +459,10 @@ def stack_layers(layers: list[torch.nn.Module]) -> tuple[torch.nn.Module, Callab
     sizes = [m.out_features for m in layers]
     if kind is Int4Linear:
         rows = [m.out_features // m.packed.shape[0] for m in layers]  # CUDA: 8 rows per entry
-        if any(r * m.packed.shape[0] != m.out_features for r, m in zip(rows, layers)) or len(
-            set(rows)
-        ) > 1:
+        if (
+            any(r * m.packed.shape[0] != m.out_features for r, m in zip(rows, layers))
+            or len(set(rows)) > 1
+        ):
             raise ValueError("tinygemm layouts differ")
         stacked: torch.nn.Module = Int4Linear(
             torch.cat([m.packed for m in layers]),

@@ -17,6 +17,8 @@ from quantstudy.benchmark.isolation import largest_batch_isolated
 from quantstudy.benchmark.search import next_probe
 from quantstudy.provenance import dir_weight_files, sha256_files
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = bm.SMALL_SETTINGS
 # Only the cheapest scenario, for the tests that look at one mechanism.
 PREFILL_ONLY = {
@@ -38,15 +40,6 @@ def _with(base: dict, **sections) -> dict:
         else:
             out[key] = value
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

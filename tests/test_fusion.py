@@ -13,13 +13,7 @@ from quantstudy import int4, memory
 from quantstudy.benchmark import fusion
 from tests.test_int4 import packed_layer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_llama(dtype=torch.float32, layers=2, seed=0):

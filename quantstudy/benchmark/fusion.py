@@ -20,6 +20,7 @@ model such differences grew to 5% of the logits on the H200 (tinygemm, exact per
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,7 +178,7 @@ def fuse_projections(model: torch.nn.Module) -> Fusion:
             ]
             for name, new in zip(names, replacements):
                 setattr(parent, name, new)
-            fusion._undo.append(lambda p=parent, old=dict(zip(names, layers)): _put_back(p, old))
+            fusion._undo.append(functools.partial(_put_back, parent, dict(zip(names, layers))))
             fusion.fused[kind] += 1
     fusion.max_rel_error = max(errors) if errors else None
     if not any(fusion.fused.values()):
@@ -209,7 +210,10 @@ def _put_back(parent: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> No
     copied into storage of its own (the stacked tensor is freed with its last view)."""
     for name, layer in layers.items():
         setattr(parent, name, layer)
-        for key, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
+        for key, tensor in [
+            *layer.named_parameters(recurse=False),
+            *layer.named_buffers(recurse=False),
+        ]:
             if tensor is None or tensor.untyped_storage().nbytes() == tensor.nbytes:
                 continue
             own = tensor.data.clone()
