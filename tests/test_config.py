@@ -252,6 +252,10 @@ def with_settings(settings):
         ({"bandwidth": {"bytes": 1.5}}, r"^benchmark\.settings\.bandwidth\.bytes: .*integer"),
         ({"interleave": "yes"}, r"^benchmark\.settings\.interleave: Input should be 'auto', true"),
         ({"static": {"compile_mode": 1}}, r"^benchmark\.settings\.static\.compile_mode: .*string"),
+        ({"static": {"try_compile_modes": ["max-autotun"]}},
+         r"^benchmark\.settings\.static\.try_compile_modes: 'max-autotun' is not one of default, "),
+        ({"static": {"fuse_projections": "yes"}},
+         r"^benchmark\.settings\.static\.fuse_projections: Input should be 'auto', true"),
         ({"decode": 8}, r"^benchmark\.settings\.decode: Input should be a valid dictionary"),
         ({"decode": {"new_tokens": 1}},
          r"^benchmark\.settings\.decode\.new_tokens: must be >= 2"),  # resolve_settings' own check

@@ -224,3 +224,11 @@ def test_a_stacked_layer_off_the_separate_ones_is_not_used(monkeypatch):
     assert fused.record["fused"] == {"qkv": 0, "gate_up": 0}
     assert fused.record["not_fused"] == {"stacked layer off the separate ones by more than 0.01": 4}
     assert torch.equal(model(input_ids=IDS).logits, want)
+
+
+def test_compile_modes_the_settings_accept_are_torch_s():
+    import torch._inductor
+
+    from quantstudy.benchmark.settings import COMPILE_MODES
+
+    assert set(COMPILE_MODES) <= set(torch._inductor.list_mode_options())

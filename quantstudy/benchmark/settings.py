@@ -15,6 +15,8 @@ LARGEST_BATCH_MODES = ("eager", "static")
 # Values of settings.int4_kernel: quantstudy.int4.KERNELS, dense (no conversion), or auto (kept
 # literal here so that reading settings imports no torch; a test holds the two together).
 INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite", "compiled")
+# torch.compile's modes (torch._inductor.list_mode_options), for settings.static.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Letters of the `order` strings: which model each timed call measured.
 LETTERS = {"arm": "A", "baseline": "B"}
 
@@ -118,6 +120,13 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
         raise ValueError(f"settings.int4_kernel: one of {', '.join(INT4_KERNELS)}")
     if out["static"]["compile"] not in ("auto", True, False):
         raise ValueError("settings.static.compile: one of 'auto', true, false")
+    modes = [out["static"]["compile_mode"], *out["static"]["try_compile_modes"]]
+    bad = [m for m in modes if m not in COMPILE_MODES]
+    if bad:
+        key = "compile_mode" if out["static"]["compile_mode"] in bad else "try_compile_modes"
+        raise ValueError(
+            f"settings.static.{key}: {bad[0]!r} is not one of {', '.join(COMPILE_MODES)}"
+        )
     if out["static"]["fuse_projections"] not in ("auto", True, False):
         raise ValueError("settings.static.fuse_projections: one of 'auto', true, false")
     return out
