@@ -455,6 +455,9 @@ def stack_layers(layers: list[torch.nn.Module]) -> tuple[torch.nn.Module, Callab
         raise ValueError("layers differ in input size or group size")
     if len({m.bias is None for m in layers}) > 1:
         raise ValueError("some layers have a bias and some do not")
+    floats = {(t.dtype, t.device) for m in layers for t in m.buffers() if t.is_floating_point()}
+    if len(floats) > 1:
+        raise ValueError("layers differ in dtype or device")
     bias = None if first.bias is None else torch.cat([m.bias.data for m in layers])
     sizes = [m.out_features for m in layers]
     if kind is Int4Linear:

@@ -98,7 +98,9 @@ def test_int4_layers_that_cannot_be_stacked_say_why():
     other_group = int4.to_compiled(int4.unpack(packed_layer(64, 256, 64, True)), None)
     tiny = int4.to_tinygemm(int4.unpack(packed_layer(64, 256, 32, True)), None)
     actorder = int4.to_compiled(int4.unpack(packed_layer(64, 256, 32, True, actorder=True)), None)
+    half = int4.to_compiled(int4.unpack(packed_layer(64, 256, 32, True)), None, torch.float16)
     for layers, message in [
+        ([sym, half], "dtype or device"),
         ([sym, asym], "symmetric and asymmetric"),
         ([sym, other_group], "group size"),
         ([sym, tiny], "cannot stack"),

@@ -165,6 +165,9 @@ def fuse_projections(model: torch.nn.Module) -> Fusion:
             except ValueError as error:
                 _note(fusion, str(error))
                 continue
+            except torch.OutOfMemoryError:  # the stacked copy is made before the originals go
+                _note(fusion, "out of memory while stacking")
+                continue
             error = check_stacked(stacked, layers)
             if not error <= TOLERANCE:
                 _note(fusion, f"stacked layer off the separate ones by more than {TOLERANCE}")

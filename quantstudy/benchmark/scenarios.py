@@ -63,9 +63,13 @@ def attempt(result: dict[str, Any], fn: Callable[[], T], device: torch.device) -
     return None
 
 
+# One spec for every model of a scenario, or each model's own (static builds differ per model).
+Specs = ModeSpec | Mapping[str, ModeSpec]
+
+
 def _contest(
     models: Mapping[str, Any],
-    spec: ModeSpec | Mapping[str, ModeSpec],
+    spec: Specs,
     make: Callable[[Any], Sample],
     warmup: int,
     repeats: int,
@@ -124,9 +128,6 @@ def _contest(
         del runners
         free_memory(device)
     return {"order": order, "results": results}
-
-
-Specs = ModeSpec | Mapping[str, ModeSpec]
 
 
 def time_prefill(
