@@ -103,6 +103,8 @@ def decode_speed(bench: Mapping[str, Any]) -> Speed:
             f"{mode} mode, decode ms/token at batch {batch} on {bench.get('device_kind', '?')}: "
             "baseline / arm (> 1 = faster)"
         )
+        if res.get("builds"):  # fused projections, compile mode chosen per model
+            measure += "; each model's step built its fastest way (step_build, benchmark table)"
         if bench.get("is_baseline"):
             return Speed(1.0, measure)
         arm_ms = ((decode.get("arm") or {}).get("ms_per_token") or {}).get("median")

@@ -324,6 +324,12 @@ def test_decode_speed_prefers_static_and_reads_faster_as_above_one():
     assert eager_only.measure.startswith("eager mode")
     assert policy.decode_speed(bench_record("fp32", "fp32", 10.0, 10.0)).ratio == 1.0
     assert math.isnan(policy.decode_speed({"modes": {}}).ratio)
+    built = bench_record("same", "fp32", 8.0, 10.0)
+    built["modes"]["static"]["builds"] = {"arm": {"compile_mode": "max-autotune"}}
+    assert policy.decode_speed(built).measure.endswith(
+        "; each model's step built its fastest way (step_build, benchmark table)"
+    )
+    assert "built" not in fast.measure
 
 
 # --------------------------------------------------------------------------- the decision
