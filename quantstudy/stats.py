@@ -1033,19 +1033,40 @@ def _pooled_comparison_row(
     perm = pooled_permutation_test(a, b, name, n_perm, _subseed(seed, "perm", arm, task, name))
     eq = _draws_equivalence(boot, diff, n, margin, alpha, 1.0, "paired-bootstrap+floor")
     sd = float(boot.std(ddof=1)) if boot.size >= 2 else math.nan
+    # the bootstrap sd of the difference is its standard error: sd_diff / sqrt(n)
+    return _row(
+        (arm, task, name), n, (base, other, diff), (low, high, "paired-bootstrap+floor"),
+        (f"pooled-permutation-{perm.method}", perm.pvalue), eq, sd * math.sqrt(n), alpha,
+    )  # fmt: skip
+
+
+def _row(
+    key: tuple[str, str, str],
+    n: int,
+    means: tuple[float, float, float],
+    ci: tuple[float, float, str],
+    test: tuple[str, float],
+    eq,
+    sd: float,
+    alpha: float,
+) -> dict[str, Any]:
+    """A comparisons row before Holm and the verdict: (arm, task, metric), n, (baseline mean,
+    arm mean, difference), the difference's CI (low, high, method), the test (name, p), the
+    equivalence result, and the per-example sd of the difference the MDD is computed from."""
+    (arm, task, metric), (base, other, diff), (low, high, ci_method) = key, means, ci
     return {
         "arm": arm,
         "task": task,
-        "metric": name,
+        "metric": metric,
         "n": n,
         "baseline_mean": base,
         "arm_mean": other,
         "diff": diff,
         "diff_ci_low": low,
         "diff_ci_high": high,
-        "diff_ci_method": "paired-bootstrap+floor",
-        "test": f"pooled-permutation-{perm.method}",
-        "p": perm.pvalue,
+        "diff_ci_method": ci_method,
+        "test": test[0],
+        "p": test[1],
         "p_holm": math.nan,
         "eq_low": eq.low,
         "eq_high": eq.high,
@@ -1053,8 +1074,7 @@ def _pooled_comparison_row(
         "tost_p": eq.pvalue,
         "equivalent": eq.equivalent,
         "verdict": None,
-        # the bootstrap sd of the difference is its standard error: sd_diff / sqrt(n)
-        "mdd": min_detectable_difference(sd * math.sqrt(n), n, alpha) if n >= 2 else math.nan,
+        "mdd": min_detectable_difference(sd, n, alpha) if n >= 2 else math.nan,
     }
 
 
@@ -1303,28 +1323,10 @@ def _comparison_row(
         test, p = "permutation", perm.pvalue
         eq = tost(diffs, margin, alpha, span)
     sd = float(diffs.std(ddof=1)) if n >= 2 else math.nan
-    return {
-        "arm": arm,
-        "task": task,
-        "metric": metric,
-        "n": n,
-        "baseline_mean": float(a.mean()),
-        "arm_mean": float(b.mean()),
-        "diff": mean,
-        "diff_ci_low": low,
-        "diff_ci_high": high,
-        "diff_ci_method": ci_method,
-        "test": test,
-        "p": p,
-        "p_holm": math.nan,
-        "eq_low": eq.low,
-        "eq_high": eq.high,
-        "eq_method": eq.method,
-        "tost_p": eq.pvalue,
-        "equivalent": eq.equivalent,
-        "verdict": None,
-        "mdd": min_detectable_difference(sd, n, alpha) if n >= 2 else math.nan,
-    }
+    return _row(
+        (arm, task, metric), n, (float(a.mean()), float(b.mean()), mean), (low, high, ci_method),
+        (test, p), eq, sd, alpha,
+    )  # fmt: skip
 
 
 def _decided(
