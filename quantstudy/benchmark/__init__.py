@@ -8,7 +8,12 @@ Scenarios, each in two execution modes:
 - ``eager``: ``model.generate`` with the dynamic cache, greedy; prefill is one forward.
 - ``static``: an own decode loop over transformers' ``StaticCache``; on CUDA each forward is
   ``torch.compile(mode="reduce-overhead", fullgraph=True)``d (CUDA graphs), on the CPU it runs
-  uncompiled unless the settings say otherwise. The JSON says which (``compiled``).
+  uncompiled unless the settings say otherwise. The JSON says which (``compiled``). Each model's
+  step is built its fastest way first (`scenarios.build_steps`): q/k/v and gate/up projections
+  fused where its layers allow (`fusion`), and the compile mode, where the settings list more
+  than one, the one its step decoded fastest with; the JSON's ``builds`` say how.
+- ``dense``: the static mode on a GPTQ/AWQ arm as transformers runs it (int4 layers
+  decompressed), where the arm otherwise runs an int4 kernel (`quantstudy.int4`).
 
 Measured: prefill latency (batch 1, several prompt lengths), decode latency (ms per generated
 token, prefill excluded), generation throughput at several batch sizes, the largest batch that
@@ -17,16 +22,17 @@ peak allocated/reserved per scenario on CUDA), load time, bytes on disk, and a d
 weight bytes read per token / memory bandwidth measured in the same job by a device-to-device
 copy. A mode an arm cannot run is recorded as ``{"supported": false, "reason": ...}``.
 
-Compressed-tensors arms (GPTQ/AWQ) decompress to dense weights on their first forward (done in
-a warm-up right after loading, so memory and speed are those of what actually runs); the
-no-op wrappers that decompression leaves on every module are then removed
+Compressed-tensors arms (GPTQ/AWQ) load onto an int4 kernel where ``settings.int4_kernel`` picks
+one (tinygemm on CUDA by default); otherwise they decompress to dense weights on their first
+forward (done in a warm-up right after loading, so memory and speed are those of what actually
+runs), and the no-op wrappers that decompression leaves on every module are then removed
 (``remove_noop_wrappers``; recorded per model, switchable in the settings).
 
 The package is cut by responsibility, as optimum-benchmark's is (each module says what it holds):
 `settings` (what is measured, how often), `timing` (timer, interleaving, statistics, bandwidth),
 `weights` (footprint, weight bytes per token, kernels), `backend` (loading an arm, warm-up,
-no-op wrappers), `modes` (eager and static runners), `scenarios` (prefill, decode, throughput,
-interleaved), `search` (the largest batch that fits), `isolation` (that search in a child
+no-op wrappers), `modes` (eager and static runners), `fusion` (fused projections for the static
+step), `scenarios` (prefill, decode, throughput, interleaved; each model's static build), `search` (the largest batch that fits), `isolation` (that search in a child
 process), `assemble` (raw results into the record's modes), `job` (`run_benchmark`) and `record`
 (the schema, and the one reader and writer of benchmark records). The device record
 (`quantstudy.device`), the memory footprint and the out-of-memory predicate (`quantstudy.memory`)
