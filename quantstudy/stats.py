@@ -1033,40 +1033,22 @@ def _pooled_comparison_row(
     perm = pooled_permutation_test(a, b, name, n_perm, _subseed(seed, "perm", arm, task, name))
     eq = _draws_equivalence(boot, diff, n, margin, alpha, 1.0, "paired-bootstrap+floor")
     sd = float(boot.std(ddof=1)) if boot.size >= 2 else math.nan
-    # the bootstrap sd of the difference is its standard error: sd_diff / sqrt(n)
     return _row(
-        (arm, task, name), n, (base, other, diff), (low, high, "paired-bootstrap+floor"),
-        (f"pooled-permutation-{perm.method}", perm.pvalue), eq, sd * math.sqrt(n), alpha,
+        arm=arm, task=task, metric=name, n=n, baseline_mean=base, arm_mean=other, diff=diff,
+        diff_ci_low=low, diff_ci_high=high, diff_ci_method="paired-bootstrap+floor",
+        test=f"pooled-permutation-{perm.method}", p=perm.pvalue, eq=eq,
+        # the bootstrap sd of the difference is its standard error: sd_diff / sqrt(n)
+        sd=sd * math.sqrt(n), alpha=alpha,
     )  # fmt: skip
 
 
-def _row(
-    key: tuple[str, str, str],
-    n: int,
-    means: tuple[float, float, float],
-    ci: tuple[float, float, str],
-    test: tuple[str, float],
-    eq,
-    sd: float,
-    alpha: float,
-) -> dict[str, Any]:
-    """A comparisons row before Holm and the verdict: (arm, task, metric), n, (baseline mean,
-    arm mean, difference), the difference's CI (low, high, method), the test (name, p), the
-    equivalence result, and the per-example sd of the difference the MDD is computed from."""
-    (arm, task, metric), (base, other, diff), (low, high, ci_method) = key, means, ci
+def _row(*, eq, sd: float, alpha: float, **columns: Any) -> dict[str, Any]:
+    """A comparisons row before Holm and the verdict: the columns given (arm, task, metric, n,
+    baseline_mean, arm_mean, diff, diff_ci_low, diff_ci_high, diff_ci_method, test, p, in that
+    order), then the equivalence result's and the MDD from the per-example sd of the difference."""
+    n = columns["n"]
     return {
-        "arm": arm,
-        "task": task,
-        "metric": metric,
-        "n": n,
-        "baseline_mean": base,
-        "arm_mean": other,
-        "diff": diff,
-        "diff_ci_low": low,
-        "diff_ci_high": high,
-        "diff_ci_method": ci_method,
-        "test": test[0],
-        "p": test[1],
+        **columns,
         "p_holm": math.nan,
         "eq_low": eq.low,
         "eq_high": eq.high,
@@ -1076,9 +1058,6 @@ def _row(
         "verdict": None,
         "mdd": min_detectable_difference(sd, n, alpha) if n >= 2 else math.nan,
     }
-
-
-# --------------------------------------------------------------------------- verdicts
 
 
 def verdict(
@@ -1324,8 +1303,9 @@ def _comparison_row(
         eq = tost(diffs, margin, alpha, span)
     sd = float(diffs.std(ddof=1)) if n >= 2 else math.nan
     return _row(
-        (arm, task, metric), n, (float(a.mean()), float(b.mean()), mean), (low, high, ci_method),
-        (test, p), eq, sd, alpha,
+        arm=arm, task=task, metric=metric, n=n, baseline_mean=float(a.mean()),
+        arm_mean=float(b.mean()), diff=mean, diff_ci_low=low, diff_ci_high=high,
+        diff_ci_method=ci_method, test=test, p=p, eq=eq, sd=sd, alpha=alpha,
     )  # fmt: skip
 
 
