@@ -360,10 +360,15 @@ def check_layer(
     expected = x.float() @ reference.float().T
     if bias is not None:
         expected = expected + bias.float()
-    out = layer(x).float()
-    if not torch.isfinite(out).all():
+    return relative_error(layer(x), expected)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """‖got − want‖ / ‖want‖ in float32; infinite where `got` is not finite."""
+    got, want = got.float(), want.float()
+    if not torch.isfinite(got).all():
         return float("inf")
-    return float((out - expected).norm() / expected.norm().clamp_min(1e-30))
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
 @torch.no_grad()

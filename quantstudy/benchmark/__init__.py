@@ -32,8 +32,8 @@ The package is cut by responsibility, as optimum-benchmark's is (each module say
 `settings` (what is measured, how often), `timing` (timer, interleaving, statistics, bandwidth),
 `weights` (footprint, weight bytes per token, kernels), `backend` (loading an arm, warm-up,
 no-op wrappers), `modes` (eager and static runners), `fusion` (fused projections for the static
-step), `scenarios` (prefill, decode, throughput, interleaved; each model's static build), `search` (the largest batch that fits), `isolation` (that search in a child
-process), `assemble` (raw results into the record's modes), `job` (`run_benchmark`) and `record`
+step), `scenarios` (prefill, decode, throughput, interleaved; each model's static build),
+`search` (the largest batch that fits), `isolation` (that search in a child process), `assemble` (raw results into the record's modes), `job` (`run_benchmark`) and `record`
 (the schema, and the one reader and writer of benchmark records). The device record
 (`quantstudy.device`), the memory footprint and the out-of-memory predicate (`quantstudy.memory`)
 are shared with every stage.

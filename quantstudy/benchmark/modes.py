@@ -40,7 +40,7 @@ class ModeSpec:
             return "own greedy loop over transformers StaticCache, not compiled"
         which = "every forward" if self.compile_prefill else "decode steps (prefill eager)"
         mode = repr(self.compile_mode)
-        if self.try_compile_modes:
+        if len(self.compile_modes) > 1:
             modes = ", ".join(repr(m) for m in self.compile_modes)
             mode = f"the fastest decode step of {modes} per model"
         fused = "; q/k/v and gate/up projections fused where the layers allow" if self.fuse else ""

@@ -304,31 +304,33 @@ def build_steps(
             fusion = fuse_checked(model, ids)
             undo.append(fusion.undo)
             build["fusion"] = fusion.record
-        if len(spec.compile_modes) > 1 and model in chosen:
+        if len(spec.compile_modes) > 1:
+            if model not in chosen:
+                chosen[model] = _fastest_compile_mode(name, model, spec, ids, sec, timer)
             build["compile_mode"], build["tried"] = chosen[model]
             specs[name] = replace(spec, compile_mode=build["compile_mode"])
-        elif len(spec.compile_modes) > 1:
-            tried: dict[str, Any] = {}
-            for mode in spec.compile_modes:
-                log.info("building %s's step with compile mode %s", name, mode)
-                candidate = replace(spec, compile_mode=mode)
-                result = time_decode(
-                    {name: model}, ids, sec["new_tokens"], spec=candidate, warmup=3, repeats=2,
-                    timer=timer,
-                )["results"][name]  # fmt: skip
-                times = result["values"].get("ms_per_token")
-                tried[mode] = {
-                    "ms_per_token": min(times) if times else None,
-                    "error": result["error"] or ("out of memory" if result["oom"] else None),
-                }
-            timed = {m: t["ms_per_token"] for m, t in tried.items() if t["ms_per_token"]}
-            if timed:
-                build["compile_mode"] = min(timed, key=timed.get)
-                specs[name] = replace(spec, compile_mode=build["compile_mode"])
-            build["tried"] = tried
-            chosen[model] = (build["compile_mode"], tried)
         builds[name] = build
     return specs, builds, undo
+
+
+def _fastest_compile_mode(name, model, spec, ids, sec, timer) -> tuple[str, dict[str, Any]]:
+    """(the compile mode whose step decoded fastest, {mode: ms_per_token and error} of each of
+    spec.compile_modes): a short decode per mode, three warm-ups and two timed runs; the spec's
+    own mode where none ran."""
+    tried: dict[str, Any] = {}
+    for mode in spec.compile_modes:
+        log.info("building %s's step with compile mode %s", name, mode)
+        result = time_decode(
+            {name: model}, ids, sec["new_tokens"], spec=replace(spec, compile_mode=mode),
+            warmup=3, repeats=2, timer=timer,
+        )["results"][name]  # fmt: skip
+        times = result["values"].get("ms_per_token")
+        tried[mode] = {
+            "ms_per_token": min(times) if times else None,
+            "error": result["error"] or ("out of memory" if result["oom"] else None),
+        }
+    timed = {m: t["ms_per_token"] for m, t in tried.items() if t["ms_per_token"]}
+    return (min(timed, key=timed.get) if timed else spec.compile_mode), tried
 
 
 def merge_raw(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:

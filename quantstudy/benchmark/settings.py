@@ -76,7 +76,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         # model's choice and the times are in the record's modes.<mode>.builds)
         "try_compile_modes": [],
         # one matmul for the q/k/v projections and one for gate/up where the layers allow
-        # (quantstudy.benchmark.fusion; checked against the unfused logits); auto: where compiled
+        # (quantstudy.benchmark.fusion; each stacked layer checked against the layers it
+        # replaces); auto: where compiled
         "fuse_projections": "auto",
     },
     "bandwidth": {
