@@ -64,3 +64,24 @@ def test_attempts_are_recorded_beside_the_log_and_a_first_attempt_forgets_them(t
     with recording_attempt(log, 1, 0):  # a success records nothing
         pass
     assert earlier_attempts(log, 1) == [] and not attempts_path(log).exists()
+
+
+def test_a_local_task_is_built_from_its_folder_alone_and_the_same_as_with_the_registry():
+    """The evaluate job indexes lm-eval's registry (14 s on the demo's CPU) only for a task its
+    include_path does not define: a local task is built identically without it."""
+    from pathlib import Path
+
+    from lm_eval.tasks import get_task_dict
+
+    from quantstudy.evaluate import task_manager
+
+    tasks = str(Path(__file__).resolve().parents[1] / "tasks")
+    local = task_manager(tasks, "demo_passage_qa")
+    assert set(local.all_tasks) <= {"demo_capitals", "demo_passage_qa", "demo_ner", "conll2003_ner"}
+    full = task_manager(tasks, "arc_easy")  # a registry task: the whole index, folder included
+    assert {"arc_easy", "demo_passage_qa"} <= set(full.all_tasks)
+    for name in ("demo_capitals", "demo_passage_qa"):
+        alone = get_task_dict([name], task_manager(tasks, name))[name]
+        both = get_task_dict([name], full)[name]
+        assert alone.config.to_dict() == both.config.to_dict()
+        assert len(alone.eval_docs) == len(both.eval_docs) > 0
