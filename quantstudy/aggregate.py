@@ -136,7 +136,7 @@ BENCH_COLUMNS = [
     "batch_size", "prompt_length", "new_tokens", "median", "min", "max", "unit",
     "baseline_median", "ratio_to_baseline", "ratio_kind", "roofline_ms", "roofline_fraction",
     "peak_allocated_bytes", "peak_reserved_bytes", "peak_allocated_own_bytes", "oom",
-    "int4_kernel", "step_build", "baseline_step_build",
+    "int4_kernel", "fp8_kernel", "step_build", "baseline_step_build",
 ]  # fmt: skip
 
 _SCENARIO_VALUE = {"prefill": ("ms", "ms"), "decode": ("ms_per_token", "ms/token"),
@@ -179,8 +179,10 @@ def bench_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
         "method": (bench["models"]["arm"] or {}).get("method"),
         "device_kind": bench["device_kind"],
         "device_name": bench["device"].get("name"),
-        # the op that ran a GPTQ/AWQ arm's int4 layers (None: no packed int4 layers)
+        # the op that ran a GPTQ/AWQ arm's int4 layers, an FP8-dynamic arm's FP8 layers (None:
+        # the arm has none)
         "int4_kernel": (((bench["models"]["arm"] or {}).get("int4")) or {}).get("op"),
+        "fp8_kernel": (((bench["models"]["arm"] or {}).get("fp8")) or {}).get("op"),
     }
     # Interleaved jobs keep the baseline resident beside the arm: the peak the arm itself needs is
     # the measured peak less what the other model holds.

@@ -398,8 +398,8 @@ def convert_model(
         if not error <= tolerance:
             raise ValueError(f"{name}: {kernel} layer is {error:.3g} off the dense one")
         errors[name] = error
-        _set_module(model, name, new)
-        _release(module)
+        set_module(model, name, new)
+        release_parameters(module)
     if device is not None and device.type == "cuda":
         torch.cuda.empty_cache()
     worst = max(errors.values()) if errors else None
@@ -422,7 +422,7 @@ def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
     return dtype if dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
 
 
-def _release(module: torch.nn.Module) -> None:
+def release_parameters(module: torch.nn.Module) -> None:
     """Drop a replaced layer's packed tensors: compressed-tensors' loading hooks keep references
     to the modules they wrapped (measured on the H200 before this: 3.6 GB of packed int4 weights
     of an 8B model stayed allocated beside the converted layers)."""
@@ -430,13 +430,13 @@ def _release(module: torch.nn.Module) -> None:
         delattr(module, name)
 
 
-def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+def set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
 
 
-def has_packed_int4(model: torch.nn.Module) -> bool:
+def has_layers(model: torch.nn.Module) -> bool:
     """Whether a model holds any compressed-tensors packed int4 layer (before decompression)."""
     return any(is_packed_int4(m) for m in model.modules())
 

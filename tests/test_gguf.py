@@ -345,7 +345,7 @@ def test_the_benchmark_runs_a_gguf_arm_in_llama_cpp_beside_the_transformers_base
 
     rec = run_benchmark(arms["q8"], arms["fp32"], SMALL_SETTINGS, "cpu")
     record.validate(rec)
-    assert rec["schema"] == record.SCHEMA_ID == "quant-study/bench/2"
+    assert rec["schema"] == record.SCHEMA_ID == "quant-study/bench/3"
     arm = rec["models"]["arm"]
     assert arm["runtime"] == "llama.cpp" and arm["dtype"] == "gguf:Q8_0"
     assert arm["footprint"]["total_bytes"] == _record(arms["q8"])["memory_bytes"]["total"]

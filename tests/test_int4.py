@@ -154,7 +154,7 @@ def test_convert_model_replaces_every_packed_layer_and_refuses_a_bad_one(monkeyp
     assert not list(old.parameters())  # a reference kept elsewhere holds no packed weights
     assert record["layers"] == 2 and record["op"] == "aten._weight_int4pack_mm_for_cpu"
     assert record["max_rel_error"] < 1e-2
-    assert not int4.has_packed_int4(model)
+    assert not int4.has_layers(model)
     assert all(isinstance(model[i], int4.Int4Linear) for i in (0, 2))
 
     bad = torch.nn.Sequential(packed_layer(seed=3))
@@ -206,7 +206,7 @@ def gptq_arm(tiny_source, calibration_file, tmp_path_factory):
 
 
 def test_benchmark_loads_a_gptq_arm_onto_the_int4_kernel(gptq_arm):
-    from quantstudy.benchmark.backend import int4_record, load_model
+    from quantstudy.benchmark.backend import load_model, low_bit_record
     from quantstudy.benchmark.settings import int4_kernel, resolve_settings
 
     settings = resolve_settings()
@@ -216,13 +216,14 @@ def test_benchmark_loads_a_gptq_arm_onto_the_int4_kernel(gptq_arm):
         resolve_settings({"int4_kernel": "marlin"})
 
     cpu = torch.device("cpu")
-    dense, _, _ = load_model(gptq_arm, cpu, "dense")
-    assert int4_record(dense) == {
+    dense, _, _ = load_model(gptq_arm, cpu)
+    assert low_bit_record(dense, "fp8") is None
+    assert low_bit_record(dense, "int4") == {
         "kernel": "dense",
         "op": "dense matmul after compressed-tensors decompression",
     }
-    model, _, _ = load_model(gptq_arm, cpu, "tinygemm")
-    record = int4_record(model)
+    model, _, _ = load_model(gptq_arm, cpu, {"int4": "tinygemm"})
+    record = low_bit_record(model, "int4")
     assert record["kernel"] == "tinygemm" and record["layers"] == 14
     assert record["op"] == "aten._weight_int4pack_mm_for_cpu"
     assert sum(isinstance(m, int4.Int4Linear) for m in model.modules()) == 14
@@ -251,7 +252,7 @@ def test_benchmark_measures_the_int4_kernel_and_the_dense_path(gptq_arm, tiny_so
     }
     rec = run_benchmark(gptq_arm, tiny_source, settings, "cpu")
     bench_record.validate(rec)
-    assert rec["schema"] == "quant-study/bench/2"
+    assert rec["schema"] == "quant-study/bench/3"
     models = rec["models"]
     assert models["arm"]["int4"]["kernel"] == "tinygemm" and models["arm"]["int4"]["layers"] == 14
     assert models["arm_dense"]["int4"]["kernel"] == "dense"
@@ -264,7 +265,7 @@ def test_benchmark_measures_the_int4_kernel_and_the_dense_path(gptq_arm, tiny_so
     assert packed > 0
     assert set(rec["modes"]) == {"static", "dense"}
     dense = rec["modes"]["dense"]
-    assert dense["supported"] and dense["description"].startswith("int4 layers decompressed")
+    assert dense["supported"] and dense["description"].startswith("int4/FP8 layers decompressed")
     assert dense["decode"]["order"] == "ABAB"  # interleaved with the baseline, as static is
     assert dense["decode"]["arm"]["ms_per_token"]["median"] > 0
     with pytest.raises(ValueError, match="largest_batch.modes"):

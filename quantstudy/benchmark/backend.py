@@ -12,42 +12,54 @@ from typing import Any
 
 import torch
 
-from .. import int4
+from .. import fp8, int4
 from ..loading import bnb_cpu_record, check_arm, load_arm
 from ..provenance import dir_weight_files, disk_bytes
+from .settings import DENSE_KERNELS
 from .timing import free_memory, synchronize
 from .weights import footprint, linear_layers, weight_bytes, weight_bytes_excluded
 
+# The low-bit layer kinds a load converts (each module has `has_layers` and `convert_model`), and
+# the record of a load that left them to transformers.
+LOW_BIT = {"int4": int4, "fp8": fp8}
+DENSE_RECORD = {"kernel": "dense", "op": "dense matmul after compressed-tensors decompression"}
 
-def load_model(directory: Path | str, device: torch.device, int4_kernel: str = "dense"):
+
+def load_model(
+    directory: Path | str, device: torch.device, kernels: Mapping[str, str] | None = None
+):
     """Load a saved arm onto the device; returns (model, seconds, CUDA bytes allocated by it).
 
     Its weight files are checked against its quantize.json first (`check_arm`, outside the
-    timed load: hashing is not loading). Packed int4 layers (GPTQ/AWQ) are converted to
-    `int4_kernel`'s int4 linear inside the timed load, each checked against the dense layer
-    (`quantstudy.int4.convert_model`); "dense" leaves them to transformers, which decompresses
-    them on the first forward. The conversion's record is `int4_record(model)`."""
+    timed load: hashing is not loading). Inside the timed load, packed int4 layers (GPTQ/AWQ) are
+    converted to `kernels["int4"]`'s int4 linear (`quantstudy.int4.convert_model`) and FP8-dynamic
+    layers to `kernels["fp8"]`'s FP8 linear (`quantstudy.fp8.convert_model`), each layer checked
+    against compressed-tensors' own arithmetic; "dense" (the default for both) leaves them to
+    transformers, which decompresses them on the first forward. The conversions' records are
+    `low_bit_record(model, "int4" | "fp8")`."""
+    kernels = {**DENSE_KERNELS, **(kernels or {})}
     check_arm(directory)
     synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     start = time.perf_counter()
     model = load_arm(directory, device, check=False, all_logits=False)
-    if int4.has_packed_int4(model):
-        model._quantstudy_int4 = (
-            int4.convert_model(model, int4_kernel)
-            if int4_kernel != "dense"
-            else {"kernel": "dense", "op": "dense matmul after compressed-tensors decompression"}
-        )
+    for kind, converter in LOW_BIT.items():
+        if converter.has_layers(model):
+            kernel = kernels[kind]
+            dense = kernel == "dense"
+            record = dict(DENSE_RECORD) if dense else converter.convert_model(model, kernel)
+            setattr(model, f"_quantstudy_{kind}", record)
     synchronize(device)
     seconds = time.perf_counter() - start
     allocated = torch.cuda.memory_allocated(device) - before if device.type == "cuda" else None
     return model, seconds, allocated
 
 
-def int4_record(model) -> dict[str, Any] | None:
-    """What `load_model` did with the model's packed int4 layers (None: it had none): the kernel,
-    the op that runs, layers converted and their error against the dense layers."""
-    return getattr(model, "_quantstudy_int4", None)
+def low_bit_record(model, kind: str) -> dict[str, Any] | None:
+    """What `load_model` did with the model's packed int4 (`kind` "int4") or FP8-dynamic ("fp8")
+    layers (None: it had none): the kernel, the op that runs, layers converted and their error
+    against compressed-tensors' own arithmetic."""
+    return getattr(model, f"_quantstudy_{kind}", None)
 
 
 def warm_up(model, ids: torch.Tensor, device: torch.device) -> int | None:
@@ -90,7 +102,8 @@ def model_record(
         "cuda_allocated_after_load_bytes": allocated,
         "cuda_allocated_after_warmup_bytes": None if allocated is None else allocated + grown,
         "bnb_cpu_path": bnb_cpu_record(model)["bnb_cpu_path"],
-        "int4": int4_record(model),
+        "int4": low_bit_record(model, "int4"),
+        "fp8": low_bit_record(model, "fp8"),
     }
 
 
@@ -126,6 +139,7 @@ def _llamacpp_record(name, directory: Path, model, seconds, quantize, warm_ids) 
         "layers": types,
         "removed_wrappers": {},
         "int4": None,
+        "fp8": None,
         "cuda_allocated_after_load_bytes": None,
         "cuda_allocated_after_warmup_bytes": None,
         "process_rss_bytes": process_rss_bytes(),

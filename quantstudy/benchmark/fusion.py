@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .. import int4
+from .. import fp8, int4
 
 # Groups of layers that read the same input, by attribute name, in the order models call them.
 GROUPS = {
@@ -128,6 +128,8 @@ def _stack(layers: list[torch.nn.Module]) -> tuple[torch.nn.Module, Callable[[],
         return stack_linears(layers)
     if all(isinstance(m, (int4.Int4Linear, int4.DequantInt4Linear)) for m in layers):
         return int4.stack_layers(layers)
+    if all(isinstance(m, fp8.Fp8Linear) for m in layers):
+        return fp8.stack_layers(layers)
     kinds = sorted({type(m).__name__ for m in layers})
     raise ValueError(f"{'/'.join(kinds)} layers are not stacked")
 
@@ -135,9 +137,10 @@ def _stack(layers: list[torch.nn.Module]) -> tuple[torch.nn.Module, Callable[[],
 def check_stacked(stacked: torch.nn.Module, layers: list[torch.nn.Module], seed: int = 0) -> float:
     """‖stacked(x) − [layer(x) …]‖ / ‖[layer(x) …]‖ on random x (4 rows) in the layers' dtype."""
     weight = next(t for t in (*stacked.parameters(), *stacked.buffers()) if t.is_floating_point())
+    dtype = getattr(stacked, "input_dtype", weight.dtype)  # an FP8 layer's activations are not FP8
     generator = torch.Generator(device=weight.device).manual_seed(seed)
     in_features = layers[0].in_features
-    x = torch.randn(4, in_features, generator=generator, device=weight.device).to(weight.dtype)
+    x = torch.randn(4, in_features, generator=generator, device=weight.device).to(dtype)
     return int4.relative_error(stacked(x), torch.cat([layer(x) for layer in layers], dim=-1))
 
 

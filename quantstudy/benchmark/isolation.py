@@ -20,7 +20,7 @@ import torch
 from .backend import load_model, vocab_size
 from .modes import mode_spec
 from .search import largest_batch_for, next_probe
-from .settings import int4_kernel, settings_at_batch
+from .settings import kernels, settings_at_batch
 from .timing import Timer
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 def run_child(arm_dir: str, mode: str, settings, device: str, progress: str, out: str):
     """The child process of `largest_batch_isolated`: load the arm, search, write the result."""
     device_ = torch.device(device)
-    model, _, _ = load_model(arm_dir, device_, int4_kernel(settings, device_.type))
+    model, _, _ = load_model(arm_dir, device_, kernels(settings, device_))
     Path(progress + ".loaded").touch()
     spec = mode_spec(mode, settings, device_)
 

@@ -23,8 +23,9 @@ from .record import SCHEMA_ID
 from .scenarios import merge_raw, planned, prompt_ids, run_modes
 from .search import largest_batch_for
 from .settings import (
+    DENSE_KERNELS,
     LARGEST_BATCH_MODES,
-    int4_kernel,
+    kernels,
     llamacpp_settings,
     resolve_settings,
     settings_at_batch,
@@ -76,10 +77,10 @@ def run_benchmark(
     if not is_baseline and settings["interleave"] is False:
         strategy, strategy_reason = "sequential", "settings.interleave is false"
 
-    kernel = int4_kernel(settings, device.type)
+    arm_kernels = kernels(settings, device)
 
-    def load(name: str, directory: Path, kernel: str = kernel) -> None:
-        model, seconds, allocated = load_model(directory, device, kernel)
+    def load(name: str, directory: Path, kernels: dict[str, str] = arm_kernels) -> None:
+        model, seconds, allocated = load_model(directory, device, kernels)
         vocab = vocab_size(model)
         warm = prompt_ids(vocab, 1, settings["decode"]["prompt_length"], settings["seed"]).to(
             device
@@ -159,12 +160,13 @@ def run_benchmark(
                 entry["description"] = (
                     f"arm: llama.cpp ({LLAMACPP_DESCRIPTION}); baseline: {entry['description']}"
                 )
-        if planned(settings, "dense") and (models_out["arm"]["int4"] or {}).get("kernel") not in (
-            None,
-            "dense",
-        ):
+        on_kernel = any(
+            (models_out["arm"].get(kind) or {}).get("kernel") not in (None, "dense")
+            for kind in DENSE_KERNELS
+        )
+        if planned(settings, "dense") and on_kernel:
             # the same arm as transformers runs it, beside the baseline where it is resident
-            load("arm_dense", arm_dir, "dense")
+            load("arm_dense", arm_dir, DENSE_KERNELS)
             pair = {"arm": loaded["arm_dense"]}
             if "baseline" in loaded:
                 pair["baseline"] = loaded["baseline"]

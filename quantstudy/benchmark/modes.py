@@ -33,7 +33,10 @@ class ModeSpec:
     def description(self) -> str:
         if self.name == "dense":
             static = replace(self, name="static").description
-            return f"int4 layers decompressed to dense bf16 by transformers (int4_kernel dense); {static}"
+            return (
+                "int4/FP8 layers decompressed to dense bf16 by transformers (kernels dense); "
+                + static
+            )
         if self.name == "eager":
             return "model.generate, dynamic cache, greedy; prefill = one forward with use_cache"
         if not self.compiled:

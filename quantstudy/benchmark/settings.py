@@ -15,6 +15,8 @@ LARGEST_BATCH_MODES = ("eager", "static")
 # Values of settings.int4_kernel: quantstudy.int4.KERNELS, dense (no conversion), or auto (kept
 # literal here so that reading settings imports no torch; a test holds the two together).
 INT4_KERNELS = ("auto", "dense", "tinygemm", "gemlite", "compiled")
+# Values of settings.fp8_kernel: quantstudy.fp8.KERNELS, dense, or auto (the same test holds them).
+FP8_KERNELS = ("auto", "dense", "scaled_mm")
 # torch.compile's modes (torch._inductor.list_mode_options), for settings.static.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Letters of the `order` strings: which model each timed call measured.
@@ -30,6 +32,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # tinygemm, gemlite, compiled (dequantization fused by torch.compile), or dense (transformers
     # decompresses to bf16); auto: tinygemm on CUDA, dense on the CPU
     "int4_kernel": "auto",
+    # FP8-dynamic arms (FP8 weights, activations quantized per token; quantstudy.fp8): scaled_mm
+    # (FP8 weights kept, the product in aten._scaled_mm) or dense (transformers decompresses the
+    # weights and fake-quantizes the activations: no CUDA graph); auto: scaled_mm on GPUs with
+    # FP8 tensor cores (compute capability 8.9 and up), dense elsewhere
+    "fp8_kernel": "auto",
     "prefill": {
         "modes": ["eager", "static"],
         "batch_size": 1,
@@ -119,6 +126,8 @@ def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any
         raise ValueError("settings.interleave: one of 'auto', true, false")
     if out["int4_kernel"] not in INT4_KERNELS:
         raise ValueError(f"settings.int4_kernel: one of {', '.join(INT4_KERNELS)}")
+    if out["fp8_kernel"] not in FP8_KERNELS:
+        raise ValueError(f"settings.fp8_kernel: one of {', '.join(FP8_KERNELS)}")
     if out["static"]["compile"] not in ("auto", True, False):
         raise ValueError("settings.static.compile: one of 'auto', true, false")
     modes = [out["static"]["compile_mode"], *out["static"]["try_compile_modes"]]
@@ -166,6 +175,23 @@ def int4_kernel(settings: Mapping[str, Any], device_type: str) -> str:
     if kernel == "auto":
         return "tinygemm" if device_type == "cuda" else "dense"
     return kernel
+
+
+def kernels(settings: Mapping[str, Any], device) -> dict[str, str]:
+    """The low-bit kernels arms run under the settings on a device (`quantstudy.int4`,
+    `quantstudy.fp8`; "dense" = transformers' own path): int4 as `int4_kernel` says; FP8 `auto`
+    = scaled_mm on a CUDA device of compute capability 8.9 or more, dense elsewhere."""
+    import torch
+
+    device = torch.device(device)
+    fp8 = settings["fp8_kernel"]
+    if fp8 == "auto":
+        fp8_ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+        fp8 = "scaled_mm" if fp8_ok else "dense"
+    return {"int4": int4_kernel(settings, device.type), "fp8": fp8}
+
+
+DENSE_KERNELS = {"int4": "dense", "fp8": "dense"}
 
 
 def scenario_counts(settings: Mapping[str, Any], section: str) -> tuple[int, int]:
