@@ -7,7 +7,8 @@
 # Environment:
 #   TARGETS   "bench" (default): the benchmark JSON of each arm in $ARMS; "all": the whole study
 #             (quantize, evaluate, benchmark, compare, figures) and then report.html; "tables":
-#             every job that may share a GPU (prepare, quantize, evaluate) and aggregate's tables
+#             every job that may share a GPU (prepare, quantize, evaluate) and aggregate's tables;
+#             "models": the quantized model of each arm in $ARMS (prepare and quantize only)
 #   SERIAL    1: GPU jobs one at a time (each quantize and evaluate job asks for the whole card),
 #             otherwise packed by their gpu_mem_mb estimates; the same jobs and threads either way
 #   ARMS      arms for TARGETS=bench (default: every arm of the study)
@@ -40,6 +41,8 @@ if [ "$TARGETS" = all ]; then
     targets=all
 elif [ "$TARGETS" = tables ]; then
     targets=results/$STUDY/tables/results.csv
+elif [ "$TARGETS" = models ]; then
+    targets=$(for a in ${ARMS:-$STUDY_ARMS}; do echo results/$STUDY/models/$a; done)
 else
     ARMS=${ARMS:-$STUDY_ARMS}
     targets=$(for a in $ARMS; do echo results/$STUDY/bench/$a.json; done)
