@@ -285,6 +285,10 @@ def test_fp8_and_w8a8_arms_store_their_scheme(schemes_built, tiny_source, arm, d
     directory = schemes_built[arm]
     rec = record(directory)
     assert rec["bits"] == 8 and rec["verified"]["quantized_modules"] == N_QUANTIZED
+    # every stored FP8/INT8 weight checked against memory and found in the file (on the CPU the
+    # two round alike: no step apart)
+    check = rec["compression_check"]
+    assert (check["layers"], check["problems"], check["max_steps"]) == (N_QUANTIZED, [], 0.0)
     assert rec["verified"]["weight_dtypes"] == [dtype]
     groups = json.loads((directory / "config.json").read_text())["quantization_config"]
     (group,) = groups["config_groups"].values()
@@ -330,3 +334,22 @@ def test_verify_arm_refuses_a_scheme_the_files_do_not_hold(schemes_built, tiny_s
         verify_arm(parse_arm("a", {"method": "fp8-weight"}), model, directory, linears)
     with pytest.raises(AssertionError, match="not I8"):
         verify_arm(parse_arm("a", {"method": "w8a8"}), model, directory, linears)
+
+
+def test_grid_steps_count_fp8_steps_on_the_e4m3_grid_and_integer_steps_in_scales():
+    from compressed_tensors.quantization import QuantizationArgs
+
+    from quantstudy.quantize import _grid_steps
+
+    fp8_args = QuantizationArgs(num_bits=8, type="float", strategy="channel", symmetric=True)
+    int_args = QuantizationArgs(num_bits=4, type="int", strategy="group", group_size=2)
+    scale = torch.tensor([[0.5]])
+    # neighbours on the E4M3 grid: 288 -> 320 (spacing 32), 1.0 -> 1.125, 2^-8 -> 2^-8 + 2^-9
+    memory = torch.tensor([[288.0, 1.0, 2.0**-8, 3.0]]) * 0.5
+    loaded = torch.tensor([[320.0, 1.125, 2.0**-8 + 2.0**-9, 3.0]]) * 0.5
+    torch.testing.assert_close(
+        _grid_steps(loaded, memory, scale, fp8_args), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    )
+    torch.testing.assert_close(
+        _grid_steps(loaded, memory, scale, int_args), torch.tensor([[32.0, 0.125, 2.0**-9, 0.0]])
+    )
