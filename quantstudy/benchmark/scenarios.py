@@ -329,6 +329,8 @@ def _fastest_compile_mode(name, model, spec, ids, sec, timer) -> tuple[str, dict
             "ms_per_token": min(times) if times else None,
             "error": result["error"] or ("out of memory" if result["oom"] else None),
         }
+        # in the log too: a job cut short (a device call's limit) leaves its builds' times there
+        log.info("%s's step with compile mode %s: %s", name, mode, tried[mode])
     timed = {m: t["ms_per_token"] for m, t in tried.items() if t["ms_per_token"]}
     return (min(timed, key=timed.get) if timed else spec.compile_mode), tried
 
