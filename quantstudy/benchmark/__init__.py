@@ -12,8 +12,9 @@ Scenarios, each in two execution modes:
   step is built its fastest way first (`scenarios.build_steps`): q/k/v and gate/up projections
   fused where its layers allow (`fusion`), and the compile mode, where the settings list more
   than one, the one its step decoded fastest with; the JSON's ``builds`` say how.
-- ``dense``: the static mode on a GPTQ/AWQ arm as transformers runs it (int4 layers
-  decompressed), where the arm otherwise runs an int4 kernel (`quantstudy.int4`).
+- ``dense``: the static mode on a GPTQ/AWQ or FP8-dynamic arm as transformers runs it (layers
+  decompressed), where the arm otherwise runs an int4 kernel (`quantstudy.int4`) or an FP8 one
+  (`quantstudy.fp8`).
 
 Measured: prefill latency (batch 1, several prompt lengths), decode latency (ms per generated
 token, prefill excluded), generation throughput at several batch sizes, the largest batch that
@@ -23,7 +24,8 @@ weight bytes read per token / memory bandwidth measured in the same job by a dev
 copy. A mode an arm cannot run is recorded as ``{"supported": false, "reason": ...}``.
 
 Compressed-tensors arms (GPTQ/AWQ) load onto an int4 kernel where ``settings.int4_kernel`` picks
-one (tinygemm on CUDA by default); otherwise they decompress to dense weights on their first
+one (tinygemm on CUDA by default), FP8-dynamic arms onto ``aten._scaled_mm`` where
+``settings.fp8_kernel`` does (on CUDA GPUs with FP8 by default); otherwise they decompress to dense weights on their first
 forward (done in a warm-up right after loading, so memory and speed are those of what actually
 runs), and the no-op wrappers that decompression leaves on every module are then removed
 (``remove_noop_wrappers``; recorded per model, switchable in the settings).

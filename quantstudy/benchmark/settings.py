@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 MODES = ("eager", "static", "dense")
-# "dense": the static mode on a GPTQ/AWQ arm as transformers runs it (int4 layers decompressed to
-# bf16), beside the int4 kernel's static mode, so the cost of decompressing stays visible; it
-# runs only where the arm's int4 layers went to an int4 kernel, and has no largest-batch search.
+# "dense": the static mode on a GPTQ/AWQ or FP8-dynamic arm as transformers runs it (layers
+# decompressed to bf16), beside the low-bit kernel's static mode, so the cost of decompressing
+# stays visible; it runs only where the arm's layers went to an int4 or FP8 kernel, and has no
+# largest-batch search.
 LARGEST_BATCH_MODES = ("eager", "static")
 # Values of settings.int4_kernel: quantstudy.int4.KERNELS, dense (no conversion), or auto (kept
 # literal here so that reading settings imports no torch; a test holds the two together).
