@@ -79,8 +79,8 @@ def run_benchmark(
 
     arm_kernels = kernels(settings, device)
 
-    def load(name: str, directory: Path, kernels: dict[str, str] = arm_kernels) -> None:
-        model, seconds, allocated = load_model(directory, device, kernels)
+    def load(name: str, directory: Path, low_bit: dict[str, str] = arm_kernels) -> None:
+        model, seconds, allocated = load_model(directory, device, low_bit)
         vocab = vocab_size(model)
         warm = prompt_ids(vocab, 1, settings["decode"]["prompt_length"], settings["seed"]).to(
             device
