@@ -76,6 +76,17 @@ BENCH_SETTINGS = {
     "largest_batch": {"modes": []},
     "bandwidth": {"bytes": 1 << 24, "warmup": 1, "repeats": 2},
 }
+# A benchmark job that decodes only, in the static mode and in the dense one (a low-bit kernel's
+# arm against the same arm as transformers runs it): tests/test_int4.py, tests/test_fp8.py.
+LOW_BIT_BENCH_SETTINGS = {
+    "warmup": 1,
+    "repeats": 2,
+    "prefill": {"modes": []},
+    "decode": {"modes": ["static", "dense"], "prompt_length": 8, "new_tokens": 3},
+    "throughput": {"modes": []},
+    "largest_batch": {"modes": []},
+    "bandwidth": {"bytes": 1 << 20, "warmup": 1, "repeats": 2},
+}
 
 
 def tiny_config(tokenizer_dir: Path, calibration: Path) -> dict:

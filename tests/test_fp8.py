@@ -11,6 +11,8 @@ from quantstudy import fp8
 from quantstudy.arms import parse_arm
 from quantstudy.quantize import quantize_arm
 
+from .conftest import LOW_BIT_BENCH_SETTINGS
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -139,16 +141,7 @@ def test_benchmark_job_records_the_fp8_kernel_and_the_dense_path(fp8_arms, tiny_
     assert kernels(resolve_settings(), "cpu") == {"int4": "dense", "fp8": "dense"}
     with pytest.raises(ValueError, match="settings.fp8_kernel"):
         resolve_settings({"fp8_kernel": "marlin"})
-    settings = {
-        "fp8_kernel": "scaled_mm",
-        "warmup": 1,
-        "repeats": 2,
-        "prefill": {"modes": []},
-        "decode": {"modes": ["static", "dense"], "prompt_length": 8, "new_tokens": 3},
-        "throughput": {"modes": []},
-        "largest_batch": {"modes": []},
-        "bandwidth": {"bytes": 1 << 20, "warmup": 1, "repeats": 2},
-    }
+    settings = {"fp8_kernel": "scaled_mm", **LOW_BIT_BENCH_SETTINGS}
     rec = run_benchmark(fp8_arms["dynamic"], tiny_source, settings, "cpu")
     bench_record.validate(rec)
     models = rec["models"]

@@ -10,6 +10,8 @@ import torch
 
 from quantstudy import int4
 
+from .conftest import LOW_BIT_BENCH_SETTINGS
+
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="CUDA kernels: run on the GPU machine")
 
@@ -240,16 +242,7 @@ def test_benchmark_measures_the_int4_kernel_and_the_dense_path(gptq_arm, tiny_so
     from quantstudy.benchmark import record as bench_record
     from quantstudy.benchmark.job import run_benchmark
 
-    settings = {
-        "int4_kernel": "tinygemm",
-        "warmup": 1,
-        "repeats": 2,
-        "prefill": {"modes": []},
-        "decode": {"modes": ["static", "dense"], "prompt_length": 8, "new_tokens": 3},
-        "throughput": {"modes": []},
-        "largest_batch": {"modes": []},
-        "bandwidth": {"bytes": 1 << 20, "warmup": 1, "repeats": 2},
-    }
+    settings = {"int4_kernel": "tinygemm", **LOW_BIT_BENCH_SETTINGS}
     rec = run_benchmark(gptq_arm, tiny_source, settings, "cpu")
     bench_record.validate(rec)
     assert rec["schema"] == "quant-study/bench/3"
