@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .int4 import relative_error, release_parameters, set_module
+from .int4 import conversion_record, relative_error, release_parameters, set_module
 
 KERNELS = ("scaled_mm",)
 KERNEL_NAMES = {
@@ -68,8 +68,13 @@ def _args(args) -> tuple | None:
     """(type, bits, strategy, dynamic) of compressed-tensors QuantizationArgs (None: none)."""
     if args is None:
         return None
-    value = lambda x: str(getattr(x, "value", x))  # noqa: E731 - enums or their values
-    return (value(args.type), args.num_bits, value(args.strategy), args.dynamic is True)
+    return (enum_value(args.type), args.num_bits, enum_value(args.strategy), args.dynamic is True)
+
+
+def enum_value(field) -> str:
+    """A QuantizationArgs field as its string: compressed-tensors holds some as enums, some as
+    their values."""
+    return str(getattr(field, "value", field))
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,16 +184,8 @@ def convert_model(
         errors[name] = error
         set_module(model, name, new)
         release_parameters(module)
-    ordered = sorted(errors.values())
-    return {
-        "kernel": kernel,
-        "op": kernel_name(kernel, device) if device is not None else None,
-        "layers": len(errors),
-        "max_rel_error": ordered[-1] if ordered else None,
-        "median_rel_error": ordered[len(ordered) // 2] if ordered else None,
-        "tolerance": tolerance,
-        "compute_dtype": str(dtype).removeprefix("torch."),
-    }
+    op = kernel_name(kernel, device) if device is not None else None
+    return conversion_record(kernel, op, errors, tolerance, dtype)
 
 
 def has_layers(model: torch.nn.Module) -> bool:

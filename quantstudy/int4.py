@@ -402,13 +402,21 @@ def convert_model(
         release_parameters(module)
     if device is not None and device.type == "cuda":
         torch.cuda.empty_cache()
-    worst = max(errors.values()) if errors else None
+    op = kernel_name(kernel, device) if device is not None else None
+    return conversion_record(kernel, op, errors, tolerance, dtype)
+
+
+def conversion_record(
+    kernel: str, op: str | None, errors: dict[str, float], tolerance: float, dtype: torch.dtype
+) -> dict[str, Any]:
+    """The record of a model's low-bit conversion (schema `low_bit`; int4 and FP8 alike): kernel,
+    op that runs, layers converted, worst and median relative error of a layer."""
     ordered = sorted(errors.values())
     return {
         "kernel": kernel,
-        "op": kernel_name(kernel, device) if device is not None else None,
+        "op": op,
         "layers": len(errors),
-        "max_rel_error": worst,
+        "max_rel_error": ordered[-1] if ordered else None,
         "median_rel_error": ordered[len(ordered) // 2] if ordered else None,
         "tolerance": tolerance,
         "compute_dtype": str(dtype).removeprefix("torch."),

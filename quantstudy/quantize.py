@@ -30,6 +30,7 @@ from .arms import (
 )
 from .calibration import read_calibration_file, usable_texts
 from .device import device_record
+from .fp8 import enum_value
 from .loading import bnb_cpu_record, is_repacked, load_arm, set_bnb_cpu_path
 from .memory import footprint
 from .provenance import (
@@ -283,12 +284,13 @@ def _compressor(module, scheme):
 
 
 def _grid_steps(
-    loaded: torch.Tensor, memory: torch.Tensor, scale: torch.Tensor, args
+    loaded: torch.Tensor, memory: torch.Tensor, scale: torch.Tensor, kind: str
 ) -> torch.Tensor:
-    """|loaded - memory| in quantization steps: units of the scale for integers; for FP8 E4M3 the
-    spacing of the grid at the in-memory value (2^(exponent - 3), subnormals 2^-9)."""
+    """|loaded - memory| in quantization steps of a weight `kind` ("int" or "float"): units of the
+    scale for integers; for FP8 E4M3 the spacing of the grid at the in-memory value
+    (2^(exponent - 3), subnormals 2^-9)."""
     diff = (loaded.float() - memory.float()).abs() / scale
-    if str(getattr(args.type, "value", args.type)) != "float":
+    if kind != "float":
         return diff
     exponent = torch.floor(torch.log2((memory.float() / scale).abs().clamp_min(2.0**-6)))
     return diff / torch.exp2(exponent - 3)
@@ -334,13 +336,9 @@ def compression_check(model) -> tuple[dict[str, Any], dict[str, str]]:
         memory = forward_quantize(module, state["weight"], "weight", scheme.weights)
         scale = state["weight_scale"].float()
         scale = scale.repeat_interleave(weight.shape[-1] // scale.shape[-1], dim=-1)
-        steps = _grid_steps(loaded, memory, scale, scheme.weights)
+        kind = "float" if enum_value(scheme.weights.type) == "float" else "int"
+        steps = _grid_steps(loaded, memory, scale, kind)
         worst_steps = max(worst_steps, float(steps.max()))
-        kind = (
-            "float"
-            if str(getattr(scheme.weights.type, "value", scheme.weights.type)) == "float"
-            else "int"
-        )
         differing[kind] += int((steps > 1e-3).sum())
         elements[kind] += steps.numel()
     total = sum(elements.values())

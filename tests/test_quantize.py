@@ -339,17 +339,20 @@ def test_verify_arm_refuses_a_scheme_the_files_do_not_hold(schemes_built, tiny_s
 def test_grid_steps_count_fp8_steps_on_the_e4m3_grid_and_integer_steps_in_scales():
     from compressed_tensors.quantization import QuantizationArgs
 
+    from quantstudy.fp8 import enum_value
     from quantstudy.quantize import _grid_steps
 
     fp8_args = QuantizationArgs(num_bits=8, type="float", strategy="channel", symmetric=True)
     int_args = QuantizationArgs(num_bits=4, type="int", strategy="group", group_size=2)
+    # the kind compression_check reads from a layer's weight arguments
+    assert (enum_value(fp8_args.type), enum_value(int_args.type)) == ("float", "int")
     scale = torch.tensor([[0.5]])
     # neighbours on the E4M3 grid: 288 -> 320 (spacing 32), 1.0 -> 1.125, 2^-8 -> 2^-8 + 2^-9
     memory = torch.tensor([[288.0, 1.0, 2.0**-8, 3.0]]) * 0.5
     loaded = torch.tensor([[320.0, 1.125, 2.0**-8 + 2.0**-9, 3.0]]) * 0.5
     torch.testing.assert_close(
-        _grid_steps(loaded, memory, scale, fp8_args), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+        _grid_steps(loaded, memory, scale, "float"), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     )
     torch.testing.assert_close(
-        _grid_steps(loaded, memory, scale, int_args), torch.tensor([[32.0, 0.125, 2.0**-9, 0.0]])
+        _grid_steps(loaded, memory, scale, "int"), torch.tensor([[32.0, 0.125, 2.0**-9, 0.0]])
     )
